@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The project's test command: every crate's unit, API, kernel and end-to-end tests.
+# Needs root (tests create network namespaces and nftables tables with unique names) and the packages
+# .ci/run installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+cargo build --workspace --bins
+cargo test --workspace -- --test-threads=2
