@@ -32,3 +32,10 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> 
         })?;
     Ok(kube::Client::try_from(config)?)
 }
+
+/// Who this agent is: the Node's name and its address on the node network (InternalIP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub ip: std::net::IpAddr,
+}
