@@ -30,8 +30,17 @@ pub fn server_side_apply(
     _force: bool,
     _now: &str,
 ) -> Result<Value, ApplyError> {
-    Err(ApplyError::Invalid("server-side apply not implemented yet".into()))
+    Err(ApplyError::Invalid(
+        "server-side apply not implemented yet".into(),
+    ))
 }
 
 /// Record an ordinary write (create / update / patch, operation "Update") by `manager` in `new`'s managedFields.
-pub fn record_update(_gk: GroupKind<'_>, _old: Option<&Value>, _new: &mut Value, _manager: &str, _now: &str) {}
+pub fn record_update(
+    _gk: GroupKind<'_>,
+    _old: Option<&Value>,
+    _new: &mut Value,
+    _manager: &str,
+    _now: &str,
+) {
+}

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod defaults;
+pub mod names;
 pub mod patch;
 pub mod proto;
 pub mod selector;

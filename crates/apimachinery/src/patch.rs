@@ -15,13 +15,23 @@ pub enum PatchError {
 }
 
 pub fn apply_json_patch(_doc: &Value, _patch: &Value) -> Result<Value, PatchError> {
-    Err(PatchError::Malformed("json patch not implemented yet".into()))
+    Err(PatchError::Malformed(
+        "json patch not implemented yet".into(),
+    ))
 }
 
 pub fn apply_merge_patch(_doc: &Value, _patch: &Value) -> Result<Value, PatchError> {
-    Err(PatchError::Malformed("merge patch not implemented yet".into()))
+    Err(PatchError::Malformed(
+        "merge patch not implemented yet".into(),
+    ))
 }
 
-pub fn apply_strategic_merge_patch(_gk: GroupKind<'_>, _doc: &Value, _patch: &Value) -> Result<Value, PatchError> {
-    Err(PatchError::Malformed("strategic merge patch not implemented yet".into()))
+pub fn apply_strategic_merge_patch(
+    _gk: GroupKind<'_>,
+    _doc: &Value,
+    _patch: &Value,
+) -> Result<Value, PatchError> {
+    Err(PatchError::Malformed(
+        "strategic merge patch not implemented yet".into(),
+    ))
 }
