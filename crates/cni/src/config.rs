@@ -1,0 +1,46 @@
+//! The network configuration list the node agent writes into its CNI configuration directory.
+
+/// File name the agent should use in its CNI conf dir (lexically first, as kubelet's runtimes pick).
+pub const CONFLIST_FILE: &str = "10-skiff.conflist";
+
+/// The `.conflist` for a node: one `skiff-cni` plugin with the built-in IPAM over the node's podCIDR.
+/// `mtu` is 1450 under the VXLAN overlay (1500 minus the 50 bytes of VXLAN encapsulation), else 1500.
+pub fn skiff_conflist(network_name: &str, pod_cidr: ipnet::Ipv4Net, mtu: u32) -> String {
+    let value = serde_json::json!({
+        "cniVersion": crate::types::CNI_VERSION,
+        "name": network_name,
+        "plugins": [{
+            "type": crate::plugin::PLUGIN_TYPE,
+            "mtu": mtu,
+            "ipam": {
+                "type": "skiff-ipam",
+                "subnet": pod_cidr.trunc().to_string(),
+            },
+        }],
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn golden_conflist() {
+        assert_eq!(
+            super::skiff_conflist("skiff", "10.244.1.0/24".parse().unwrap(), 1450),
+            r#"{
+  "cniVersion": "1.0.0",
+  "name": "skiff",
+  "plugins": [
+    {
+      "type": "skiff-cni",
+      "mtu": 1450,
+      "ipam": {
+        "type": "skiff-ipam",
+        "subnet": "10.244.1.0/24"
+      }
+    }
+  ]
+}"#
+        );
+    }
+}
