@@ -1,0 +1,375 @@
+//! The embedded cluster's layout: every name, address, path and command line `skiff up` uses, computed from
+//! the options alone (pure, no I/O), so that `skiff down` can recompute it after a crash and tests can pin it.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Longest Linux interface name (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+/// Overlay mode between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overlay {
+    Vxlan,
+    HostGw,
+}
+
+impl Overlay {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlay::Vxlan => "vxlan",
+            Overlay::HostGw => "host-gw",
+        }
+    }
+}
+
+/// Everything about one cluster that outlives the `skiff up` process (written to `<data-dir>/cluster.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub bridge: String,
+    pub node_network: Ipv4Net,
+    pub bridge_ip: Ipv4Addr,
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub overlay: Overlay,
+    pub lb_pool: String,
+    pub api_port: u16,
+    pub nodes: Vec<NodeLayout>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLayout {
+    /// 1-based index.
+    pub index: u32,
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// The veth end that stays in the host and is enslaved to the bridge.
+    pub host_veth: String,
+    pub dir: PathBuf,
+}
+
+/// Inputs of [`Layout::new`] (the parsed `skiff up` options, defaults already applied).
+#[derive(Debug, Clone)]
+pub struct LayoutInput<'a> {
+    pub name: &'a str,
+    pub nodes: u32,
+    pub data_dir: Option<&'a Path>,
+    pub node_network: Ipv4Net,
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub overlay: Overlay,
+    pub lb_pool: &'a str,
+    pub api_port: u16,
+}
+
+/// Cluster names become parts of interface, namespace and file names: keep them DNS-label-like and short.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidOption(format!(
+            "cluster name {name:?}: must be 1-32 characters of a-z, 0-9 and '-', starting and ending alphanumeric"
+        )))
+    }
+}
+
+/// Default data directory of a cluster.
+pub fn default_data_dir(name: &str) -> PathBuf {
+    PathBuf::from("/var/lib/skiff").join(name)
+}
+
+/// The host bridge of a cluster: `skiff0` for the default cluster `skiff`, `sk-<name>` when that fits in an
+/// interface name, otherwise `sk-` and a hash of the name.
+pub fn bridge_name(name: &str) -> String {
+    if name == "skiff" {
+        return "skiff0".to_string();
+    }
+    let plain = format!("sk-{name}");
+    if plain.len() <= IFNAME_MAX {
+        plain
+    } else {
+        format!("sk-{:08x}", fnv1a(name) as u32)
+    }
+}
+
+/// The host end of node `index`'s veth: `<bridge>-n<index>` when it fits, else a hash-derived name.
+pub fn host_veth_name(bridge: &str, index: u32) -> String {
+    let plain = format!("{bridge}-n{index}");
+    if plain.len() <= IFNAME_MAX {
+        plain
+    } else {
+        format!("skv{:08x}n{index}", fnv1a(bridge) as u32)
+    }
+}
+
+/// Every network namespace of a cluster (its nodes', and pod namespaces that agents name with the node
+/// namespace as prefix) starts with this.
+pub fn netns_prefix(name: &str) -> String {
+    format!("skiff-{name}-")
+}
+
+pub fn node_netns(name: &str, index: u32) -> String {
+    format!("{}node-{index}", netns_prefix(name))
+}
+
+/// Registry entry that lets `skiff down --name X` find a cluster whose data dir was not the default.
+pub fn registry_file(name: &str) -> PathBuf {
+    PathBuf::from("/run/skiff").join(format!("{name}.json"))
+}
+
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Address `n` of `net` (0 = network address).
+fn nth(net: Ipv4Net, n: u32) -> Result<Ipv4Addr, Error> {
+    let base = u32::from(net.network());
+    let size = 1u64 << (32 - net.prefix_len());
+    if u64::from(n) + 1 >= size {
+        return Err(Error::InvalidOption(format!(
+            "node network {net} has no room for address #{n}"
+        )));
+    }
+    Ok(Ipv4Addr::from(base + n))
+}
+
+impl Layout {
+    pub fn new(input: &LayoutInput<'_>) -> Result<Layout, Error> {
+        validate_name(input.name)?;
+        if input.nodes == 0 {
+            return Err(Error::InvalidOption("--nodes must be at least 1".into()));
+        }
+        let net = input.node_network.trunc();
+        let data_dir = input
+            .data_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| default_data_dir(input.name));
+        let bridge = bridge_name(input.name);
+        let bridge_ip = nth(net, 1)?;
+        let nodes = (1..=input.nodes)
+            .map(|i| {
+                Ok(NodeLayout {
+                    index: i,
+                    name: format!("node-{i}"),
+                    netns: node_netns(input.name, i),
+                    ip: nth(net, 1 + i)?,
+                    host_veth: host_veth_name(&bridge, i),
+                    dir: data_dir.join("nodes").join(i.to_string()),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Layout {
+            name: input.name.to_string(),
+            data_dir,
+            bridge,
+            node_network: net,
+            bridge_ip,
+            cluster_cidr: input.cluster_cidr,
+            service_cidr: input.service_cidr,
+            overlay: input.overlay,
+            lb_pool: input.lb_pool.to_string(),
+            api_port: input.api_port,
+            nodes,
+        })
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("cluster.json")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+    pub fn server_dir(&self) -> PathBuf {
+        self.data_dir.join("server")
+    }
+    pub fn server_pid_file(&self) -> PathBuf {
+        self.run_dir().join("server.pid")
+    }
+    pub fn server_log(&self) -> PathBuf {
+        self.logs_dir().join("server.log")
+    }
+    /// The kubeconfig users (and the host) use.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.server_dir().join("kubeconfig")
+    }
+    /// The kubeconfig components inside node namespaces use (the server at the bridge address).
+    pub fn internal_kubeconfig(&self) -> PathBuf {
+        self.server_dir().join("kubeconfig.internal")
+    }
+    pub fn agent_pid_file(&self, node: &NodeLayout) -> PathBuf {
+        self.run_dir().join(format!("{}.pid", node.name))
+    }
+    pub fn agent_log(&self, node: &NodeLayout) -> PathBuf {
+        self.logs_dir().join(format!("{}.log", node.name))
+    }
+    pub fn netns_prefix(&self) -> String {
+        netns_prefix(&self.name)
+    }
+    pub fn api_url(&self) -> String {
+        format!("https://{}:{}", self.bridge_ip, self.api_port)
+    }
+
+    /// `skiff server` arguments (after the executable).
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "server".into(),
+            "--data-dir".into(),
+            self.server_dir().display().to_string(),
+            "--bind-address".into(),
+            "0.0.0.0".into(),
+            "--secure-port".into(),
+            self.api_port.to_string(),
+            "--advertise-address".into(),
+            self.bridge_ip.to_string(),
+            "--service-cluster-ip-range".into(),
+            self.service_cidr.to_string(),
+            "--cluster-cidr".into(),
+            self.cluster_cidr.to_string(),
+            "--lb-pool".into(),
+            self.lb_pool.clone(),
+        ]
+    }
+
+    /// `skiff agent` arguments for one node (after the executable).
+    pub fn agent_args(&self, node: &NodeLayout) -> Vec<String> {
+        vec![
+            "agent".into(),
+            "--kubeconfig".into(),
+            self.internal_kubeconfig().display().to_string(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--node-ip".into(),
+            node.ip.to_string(),
+            "--state-dir".into(),
+            node.dir.join("state").display().to_string(),
+            "--cni-conf-dir".into(),
+            node.dir.join("cni/net.d").display().to_string(),
+            "--cni-bin-dir".into(),
+            format!("{}:/usr/lib/cni", node.dir.join("cni/bin").display()),
+            "--netns-prefix".into(),
+            format!("{}-", node.netns),
+            "--overlay".into(),
+            self.overlay.as_str().into(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, nodes: u32) -> LayoutInput<'_> {
+        LayoutInput {
+            name,
+            nodes,
+            data_dir: None,
+            node_network: "172.30.0.0/24".parse().unwrap(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+            overlay: Overlay::Vxlan,
+            lb_pool: "172.30.0.200-172.30.0.250",
+            api_port: 6443,
+        }
+    }
+
+    #[test]
+    fn default_cluster_layout() {
+        let l = Layout::new(&input("skiff", 3)).unwrap();
+        assert_eq!(l.bridge, "skiff0");
+        assert_eq!(l.bridge_ip.to_string(), "172.30.0.1");
+        assert_eq!(l.data_dir, PathBuf::from("/var/lib/skiff/skiff"));
+        let nodes: Vec<String> = l
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} {} {} {} {}",
+                    n.name,
+                    n.netns,
+                    n.ip,
+                    n.host_veth,
+                    n.dir.display()
+                )
+            })
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                "node-1 skiff-skiff-node-1 172.30.0.2 skiff0-n1 /var/lib/skiff/skiff/nodes/1",
+                "node-2 skiff-skiff-node-2 172.30.0.3 skiff0-n2 /var/lib/skiff/skiff/nodes/2",
+                "node-3 skiff-skiff-node-3 172.30.0.4 skiff0-n3 /var/lib/skiff/skiff/nodes/3",
+            ]
+        );
+        assert_eq!(l.api_url(), "https://172.30.0.1:6443");
+        assert_eq!(
+            l.server_args().join(" "),
+            "server --data-dir /var/lib/skiff/skiff/server --bind-address 0.0.0.0 --secure-port 6443 \
+             --advertise-address 172.30.0.1 --service-cluster-ip-range 10.96.0.0/12 --cluster-cidr 10.244.0.0/16 \
+             --lb-pool 172.30.0.200-172.30.0.250"
+        );
+        assert_eq!(
+            l.agent_args(&l.nodes[1]).join(" "),
+            "agent --kubeconfig /var/lib/skiff/skiff/server/kubeconfig.internal --node-name node-2 \
+             --node-ip 172.30.0.3 --state-dir /var/lib/skiff/skiff/nodes/2/state \
+             --cni-conf-dir /var/lib/skiff/skiff/nodes/2/cni/net.d \
+             --cni-bin-dir /var/lib/skiff/skiff/nodes/2/cni/bin:/usr/lib/cni \
+             --netns-prefix skiff-skiff-node-2- --overlay vxlan"
+        );
+    }
+
+    #[test]
+    fn long_names_are_hashed_into_interface_names() {
+        assert_eq!(bridge_name("dev"), "sk-dev");
+        assert_eq!(
+            bridge_name("e2e-123456-abcd"),
+            format!("sk-{:08x}", fnv1a("e2e-123456-abcd") as u32)
+        );
+        assert!(bridge_name("e2e-123456-abcd").len() <= IFNAME_MAX);
+        let v = host_veth_name("sk-0123abcd", 12);
+        assert!(v.len() <= IFNAME_MAX, "{v}");
+        assert_eq!(host_veth_name("sk-dev", 2), "sk-dev-n2");
+    }
+
+    #[test]
+    fn rejects_bad_names_and_full_networks() {
+        assert!(matches!(
+            Layout::new(&input("Bad_Name", 3)),
+            Err(Error::InvalidOption(_))
+        ));
+        assert!(matches!(
+            Layout::new(&input("x", 0)),
+            Err(Error::InvalidOption(_))
+        ));
+        let mut small = input("x", 3);
+        small.node_network = "172.30.0.0/30".parse().unwrap();
+        let err = Layout::new(&small).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid option: node network 172.30.0.0/30 has no room for address #3"
+        );
+    }
+}
