@@ -4,3 +4,196 @@
 //! - `Options` (clap args of `skiff server`), `ServerConfig`, `serve(config) -> ApiServer`.
 //! - `testing::TestServer::start()` starts a server on an ephemeral loopback port with a temporary store and
 //!   returns its URL, a kubeconfig path and a kube-rs client (for tests of other crates).
+
+mod alloc;
+mod discovery;
+mod handlers;
+mod pki;
+mod registry;
+mod status;
+pub mod testing;
+
+use ipnet::Ipv4Net;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store: {0}")]
+    Store(#[from] skiff_store::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("certificates: {0}")]
+    Pki(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// `skiff server` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Directory for the store, CA and serving certificates, token and kubeconfigs.
+    #[arg(long, default_value = "/var/lib/skiff/server")]
+    pub data_dir: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    pub listen: SocketAddr,
+    /// Address other network namespaces (nodes, pods) reach the API server at; in the serving certificate,
+    /// `kubeconfig.internal` and the `kubernetes` Service's endpoints. Default: the listen address, or
+    /// 127.0.0.1 when that is unspecified.
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
+    /// The Service ClusterIP range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: Ipv4Net,
+    /// The NodePort range, `FIRST-LAST`.
+    #[arg(long, default_value = "30000-32767")]
+    pub node_port_range: String,
+    /// Serve plain HTTP instead of HTTPS (testing only).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// Bearer token to accept (default: generated once and kept in the data dir).
+    #[arg(long, env = "SKIFF_TOKEN")]
+    pub token: Option<String>,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise_address: IpAddr,
+    pub service_cidr: Ipv4Net,
+    pub node_ports: std::ops::RangeInclusive<u16>,
+    pub tls: bool,
+    pub token: Option<String>,
+    /// Watch history window (events) kept in memory.
+    pub history_window: usize,
+}
+
+impl ServerConfig {
+    pub fn from_options(o: &Options) -> Result<Self, Error> {
+        let (a, b) = o
+            .node_port_range
+            .split_once('-')
+            .ok_or_else(|| Error::Config(format!("--node-port-range {:?}: want FIRST-LAST", o.node_port_range)))?;
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .map_err(|e| Error::Config(format!("--node-port-range {:?}: {e}", o.node_port_range)))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        if a > b {
+            return Err(Error::Config(format!("--node-port-range {:?}: empty", o.node_port_range)));
+        }
+        let advertise = o.advertise_address.unwrap_or_else(|| {
+            if o.listen.ip().is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                o.listen.ip()
+            }
+        });
+        Ok(Self {
+            data_dir: o.data_dir.clone(),
+            listen: o.listen,
+            advertise_address: advertise,
+            service_cidr: o.service_cidr,
+            node_ports: a..=b,
+            tls: !o.insecure_http,
+            token: o.token.clone(),
+            history_window: 20_000,
+        })
+    }
+}
+
+/// A running API server.
+pub struct ApiServer {
+    /// `https://127.0.0.1:PORT` (or the listen address when it is a specific one).
+    pub url: String,
+    /// The bound address (port resolved when listening on port 0).
+    pub local_addr: SocketAddr,
+    /// Kubeconfig for the host user (server = 127.0.0.1).
+    pub kubeconfig_path: PathBuf,
+    /// Kubeconfig for agents and pods in other network namespaces (server = the advertise address).
+    pub internal_kubeconfig_path: PathBuf,
+    /// The bearer token clients must send.
+    pub token: String,
+    /// PEM of the CA that signed the serving certificate (None with plain HTTP).
+    pub ca_pem: Option<String>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    shutdown: Arc<tokio::sync::Notify>,
+}
+
+impl ApiServer {
+    /// Run until the process ends (or `shutdown` is called from a clone of the notifier).
+    pub async fn wait(mut self) {
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+    /// Stop accepting connections.
+    pub fn shutdown(&self) {
+        self.shutdown.notify_waiters();
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// Start the API server: open the store, bootstrap, write certificates and kubeconfigs, listen.
+pub async fn serve(config: ServerConfig) -> Result<ApiServer, Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io_err(format!("creating {}", config.data_dir.display())))?;
+    let store = skiff_store::RedbStore::open(
+        &config.data_dir.join("store.redb"),
+        skiff_store::RedbOptions { history_window: config.history_window, ..Default::default() },
+    )?;
+    let store: Arc<dyn skiff_store::Store> = Arc::new(store);
+    let token = match &config.token {
+        Some(t) => t.clone(),
+        None => pki::load_or_create_token(&config.data_dir)?,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io_err(format!("listening on {}", config.listen)))?;
+    let local_addr = listener.local_addr().map_err(io_err("local address"))?;
+    let host_ip = if local_addr.ip().is_unspecified() || local_addr.ip().is_loopback() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        local_addr.ip()
+    };
+    let scheme = if config.tls { "https" } else { "http" };
+    let url = format!("{scheme}://{}", SocketAddr::new(host_ip, local_addr.port()));
+    let internal_url = format!("{scheme}://{}", SocketAddr::new(config.advertise_address, local_addr.port()));
+
+    let (acceptor, ca_pem) = if config.tls {
+        let (server_config, ca_pem) = pki::tls_config(&config.data_dir, config.advertise_address, &config.service_cidr)?;
+        (Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config))), Some(ca_pem))
+    } else {
+        (None, None)
+    };
+    let kubeconfig_path = config.data_dir.join("kubeconfig");
+    let internal_kubeconfig_path = config.data_dir.join("kubeconfig.internal");
+    pki::write_kubeconfig(&kubeconfig_path, &url, ca_pem.as_deref(), &token)?;
+    pki::write_kubeconfig(&internal_kubeconfig_path, &internal_url, ca_pem.as_deref(), &token)?;
+
+    let ctx = handlers::Ctx::new(store, token.clone(), &config, local_addr.port()).await?;
+    handlers::bootstrap(&ctx).await?;
+    tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server listening");
+
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let task = tokio::spawn(handlers::accept_loop(listener, acceptor, ctx, shutdown.clone()));
+    Ok(ApiServer { url, local_addr, kubeconfig_path, internal_kubeconfig_path, token, ca_pem, task: Some(task), shutdown })
+}
