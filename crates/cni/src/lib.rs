@@ -5,6 +5,7 @@ pub mod config;
 pub mod ipam;
 pub mod nl;
 pub mod plugin;
+pub mod runtime;
 pub mod types;
 
 pub use plugin::plugin_main;
