@@ -10,6 +10,15 @@ pub mod dnsconf;
 pub mod envvars;
 pub mod status;
 
+pub mod cni;
+mod events;
+pub mod netns;
+pub mod node;
+mod pod;
+pub mod probe;
+pub mod spawn;
+pub mod state;
+
 use std::path::PathBuf;
 
 /// `skiff agent` options.
@@ -52,4 +61,221 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What every pod worker shares.
+pub(crate) struct Ctx {
+    pub client: kube::Client,
+    pub node: skiff_runtime::NodeIdentity,
+    pub options: Options,
+    pub catalog: catalog::Catalog,
+    pub host_resolv: dnsconf::ResolvConf,
+    pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
+    pub cni: cni::Runtime,
+    /// Origin of the monotonic offsets the back-off works with.
+    pub origin: std::time::Instant,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Write the network configuration when the conf dir has none (an existing one is the user's choice).
+fn ensure_cni_config(options: &Options, pod_cidr: &str) -> Result<(), Error> {
+    if cni::find_config(&options.cni_conf_dir)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&options.cni_conf_dir).map_err(io_err(format!(
+        "creating {}",
+        options.cni_conf_dir.display()
+    )))?;
+    let list = cni::bridge_conflist(pod_cidr, &options.data_dir.join("cni-ipam"));
+    let path = options.cni_conf_dir.join("10-skiff.conflist");
+    let tmp = options.cni_conf_dir.join(".10-skiff.conflist.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&list).unwrap_or_default())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(io_err(format!("writing {}", path.display())))?;
+    tracing::info!(path = %path.display(), pod_cidr, "wrote CNI network configuration");
+    Ok(())
+}
+
+/// Run the node agent until the process ends: register the Node, heartbeat, and run the pods bound to it.
+pub async fn run(
+    client: kube::Client,
+    node: skiff_runtime::NodeIdentity,
+    options: Options,
+) -> Result<(), Error> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    use std::collections::{HashMap, HashSet};
+
+    let skiff_exe = match &options.skiff_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(io_err("finding the skiff executable"))?,
+    };
+    let mut catalog = catalog::Catalog::new(skiff_exe, options.internal_kubeconfig.clone());
+    if let Some(path) = &options.image_catalog {
+        catalog = catalog.load_user_file(path)?;
+    }
+    std::fs::create_dir_all(state::pods_dir(&options.data_dir))
+        .map_err(io_err(format!("creating {}", options.data_dir.display())))?;
+    let host_resolv = dnsconf::ResolvConf::parse(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    );
+
+    let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let registered = node::register(&client, &node, &since).await?;
+    tracing::info!(node = %node.name, ip = %node.ip, "node registered");
+    tokio::spawn(node::heartbeat(
+        client.clone(),
+        node.clone(),
+        registered.metadata.uid.clone(),
+        since,
+    ));
+
+    if cni::find_config(&options.cni_conf_dir)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        let cidr = node::wait_pod_cidr(&client, &node).await;
+        ensure_cni_config(&options, &cidr)?;
+    }
+
+    // Services for the pods' environment variables.
+    let (services, writer) = reflector::store::<Service>();
+    let service_stream = reflector(
+        writer,
+        watcher(
+            kube::Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(service_stream);
+    // Wait (briefly) for the first list so early pods see the services that exist.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        services.wait_until_ready(),
+    )
+    .await;
+
+    let ctx = std::sync::Arc::new(Ctx {
+        client: client.clone(),
+        node: node.clone(),
+        cni: cni::Runtime {
+            bin_dirs: options.cni_bin_dirs.clone(),
+        },
+        options,
+        catalog,
+        host_resolv,
+        services,
+        origin: std::time::Instant::now(),
+    });
+
+    let mut records: HashMap<String, state::PodRecord> =
+        state::PodRecord::load_all(&ctx.options.data_dir)
+            .into_iter()
+            .map(|r| (r.uid.clone(), r))
+            .collect();
+    let mut workers: HashMap<
+        String,
+        (
+            tokio::sync::watch::Sender<Option<Pod>>,
+            tokio::task::JoinHandle<()>,
+        ),
+    > = HashMap::new();
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut first_list_done = false;
+
+    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", node.name));
+    let mut stream = watcher(pods, config).default_backoff().boxed();
+    let mut reap = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        let event = tokio::select! {
+            ev = stream.next() => ev,
+            _ = reap.tick() => {
+                // Workers end once their pod is gone and cleaned up.
+                let done: Vec<String> = workers.iter().filter(|(_, (_, h))| h.is_finished()).map(|(k, _)| k.clone()).collect();
+                for uid in done {
+                    workers.remove(&uid);
+                    finished.insert(uid);
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        let event = match event {
+            Ok(ev) => ev,
+            Err(err) => {
+                tracing::warn!(%err, "pod watch");
+                continue;
+            }
+        };
+        let mut apply = |pod: Pod,
+                         workers: &mut HashMap<
+            _,
+            (
+                tokio::sync::watch::Sender<Option<Pod>>,
+                tokio::task::JoinHandle<()>,
+            ),
+        >| {
+            let Some(uid) = pod.metadata.uid.clone() else {
+                return;
+            };
+            if let Some((tx, handle)) = workers.get(&uid) {
+                if !handle.is_finished() {
+                    let _ = tx.send(Some(pod));
+                    return;
+                }
+            }
+            if finished.contains(&uid) {
+                return;
+            }
+            let (tx, rx) = tokio::sync::watch::channel(Some(pod.clone()));
+            let handle = pod::spawn_worker(ctx.clone(), pod, rx, records.remove(&uid));
+            workers.insert(uid, (tx, handle));
+        };
+        match event {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    listed.insert(uid.clone());
+                }
+                apply(pod, &mut workers);
+            }
+            watcher::Event::Apply(pod) => apply(pod, &mut workers),
+            watcher::Event::Delete(pod) => {
+                if let Some((tx, _)) = pod.metadata.uid.as_ref().and_then(|uid| workers.get(uid)) {
+                    let _ = tx.send(None);
+                }
+            }
+            watcher::Event::InitDone => {
+                // Pods that no longer exist: stop their workers; sandboxes of unknown pods go.
+                for (uid, (tx, _)) in &workers {
+                    if !listed.contains(uid) {
+                        let _ = tx.send(None);
+                    }
+                }
+                if !first_list_done {
+                    first_list_done = true;
+                    for (_, record) in records.drain() {
+                        tracing::info!(pod = %record.name, uid = %record.uid, "removing sandbox of a pod that no longer exists");
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move { pod::teardown_record(&ctx, &record).await });
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,1153 @@
+//! One worker per pod: sandbox, containers, restarts with back-off, probes, status, deletion.
+
+use crate::backoff::BackOff;
+use crate::catalog::CatalogError;
+use crate::dnsconf;
+use crate::envvars::{self, PodFacts};
+use crate::events;
+use crate::netns;
+use crate::probe::{self, Outcome, Target, Thresholds};
+use crate::spawn::{self, SpawnSpec};
+use crate::state::{self, PodRecord, ProcRecord};
+use crate::Ctx;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use nix::sys::signal::Signal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    Readiness,
+    Liveness,
+}
+
+enum Msg {
+    Exited {
+        idx: usize,
+        gen: u64,
+        code: i32,
+        signal: Option<i32>,
+    },
+    Probe {
+        idx: usize,
+        gen: u64,
+        kind: ProbeKind,
+        ok: bool,
+        message: String,
+    },
+}
+
+struct Proc {
+    pid: i32,
+    ticks: u64,
+    started_at: Time,
+    container_id: String,
+}
+
+struct ContainerRt {
+    spec: Container,
+    gen: u64,
+    proc: Option<Proc>,
+    state: ContainerState,
+    last_state: Option<ContainerState>,
+    restart_count: i32,
+    ready: bool,
+    started: bool,
+    backoff: BackOff,
+    /// When a container waiting in back-off restarts.
+    restart_at: Option<Instant>,
+    /// Exit time (offset from the agent's origin) of the last run, for the back-off.
+    finished_at: Option<Duration>,
+    /// Pod-wide permanent failure for this container (image not in catalog, bad env): no restarts.
+    blocked: bool,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ContainerRt {
+    fn stop_tasks(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn waiting(reason: &str, message: Option<String>) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+fn parse_time(s: &str) -> Option<Time> {
+    s.parse::<jiff::Timestamp>().ok().map(Time)
+}
+
+pub(crate) struct Worker {
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    uid: String,
+    ns: String,
+    name: String,
+    record: PodRecord,
+    netns_path: Option<PathBuf>,
+    pod_ips: Vec<String>,
+    hostname: String,
+    sandbox_ready: bool,
+    containers: Vec<ContainerRt>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    published: Option<PodStatus>,
+    start_time: Time,
+    terminating: bool,
+}
+
+impl Worker {
+    fn api(&self) -> Api<Pod> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    fn dir(&self) -> PathBuf {
+        state::pod_dir(&self.ctx.options.data_dir, &self.uid)
+    }
+
+    fn event(&self, container: Option<&str>, kind: &str, reason: &str, message: String) {
+        events::emit(&self.ctx, &self.pod, container, kind, reason, message);
+    }
+
+    fn save(&mut self) {
+        self.record.pod_ips = self.pod_ips.clone();
+        self.record.start_time = Some(self.start_time.0.to_string());
+        for c in &self.containers {
+            let entry = self
+                .record
+                .containers
+                .entry(c.spec.name.clone())
+                .or_default();
+            entry.restart_count = c.restart_count;
+            entry.running = c.proc.as_ref().map(|p| ProcRecord {
+                pid: p.pid,
+                start_ticks: p.ticks,
+                started_at: p.started_at.0.to_string(),
+                container_id: p.container_id.clone(),
+            });
+        }
+        if let Err(err) = self.record.save(&self.ctx.options.data_dir) {
+            tracing::warn!(pod = %self.name, %err, "saving pod state");
+        }
+    }
+
+    /// Network namespace, CNI ADD (or adoption of the recorded sandbox), resolv.conf and hosts.
+    async fn setup_sandbox(&mut self) -> Result<(), String> {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        if host_network {
+            self.pod_ips = vec![self.ctx.node.ip.to_string()];
+        } else if self.record.netns.as_deref().is_some_and(netns::exists)
+            && !self.record.pod_ips.is_empty()
+        {
+            self.netns_path = self.record.netns.as_deref().map(netns::netns_path);
+            self.pod_ips = self.record.pod_ips.clone();
+        } else {
+            let name = netns::netns_name(&self.uid);
+            let path = match netns::create(&name).await {
+                Ok(p) => p,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // A leftover from a crash before the state was saved: start clean.
+                    let _ = netns::remove(&name);
+                    netns::create(&name)
+                        .await
+                        .map_err(|e| format!("creating network namespace {name}: {e}"))?
+                }
+                Err(e) => return Err(format!("creating network namespace {name}: {e}")),
+            };
+            self.record.netns = Some(name.clone());
+            self.netns_path = Some(path.clone());
+            let (_, list) = crate::cni::find_config(&self.ctx.options.cni_conf_dir)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "no CNI network configuration in {}",
+                        self.ctx.options.cni_conf_dir.display()
+                    )
+                })?;
+            self.record.cni_config = Some(list.clone());
+            self.save();
+            let result = self
+                .ctx
+                .cni
+                .add(&list, &self.attachment(path))
+                .await
+                .map_err(|e| format!("failed to set up sandbox container network: {e}"))?;
+            let ips = crate::cni::result_ips(&result);
+            if ips.is_empty() {
+                return Err("CNI result has no IP address".into());
+            }
+            self.record.cni_result = Some(result);
+            self.pod_ips = ips;
+        }
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let domain = dnsconf::pod_domain(&spec, &self.ns, &self.ctx.options.cluster_domain);
+        if !host_network {
+            let hosts =
+                dnsconf::hosts_file(&self.pod_ips, &self.hostname, domain.as_deref(), &spec);
+            std::fs::write(dir.join("hosts"), hosts).map_err(|e| format!("writing hosts: {e}"))?;
+        }
+        let resolv = dnsconf::pod_resolv_conf(
+            &spec,
+            &self.ns,
+            &self.ctx.options.cluster_dns,
+            &self.ctx.options.cluster_domain,
+            &self.ctx.host_resolv,
+        );
+        match resolv {
+            Some(conf) => std::fs::write(dir.join("resolv.conf"), conf.render())
+                .map_err(|e| format!("writing resolv.conf: {e}"))?,
+            None => {
+                let _ = std::fs::remove_file(dir.join("resolv.conf"));
+            }
+        }
+        self.sandbox_ready = true;
+        self.save();
+        Ok(())
+    }
+
+    fn attachment(&self, netns: PathBuf) -> crate::cni::Attachment {
+        crate::cni::Attachment {
+            container_id: netns::netns_name(&self.uid),
+            netns,
+            ifname: "eth0".into(),
+            args: vec![
+                ("K8S_POD_NAMESPACE".into(), self.ns.clone()),
+                ("K8S_POD_NAME".into(), self.name.clone()),
+                (
+                    "K8S_POD_INFRA_CONTAINER_ID".into(),
+                    netns::netns_name(&self.uid),
+                ),
+                ("K8S_POD_UID".into(), self.uid.clone()),
+            ],
+        }
+    }
+
+    fn base_spawn(&self) -> SpawnSpec {
+        let host_network = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let dir = self.dir();
+        let resolv = dir.join("resolv.conf");
+        SpawnSpec {
+            netns: self.netns_path.clone(),
+            hostname: (!host_network).then(|| self.hostname.clone()),
+            resolv_conf: resolv.exists().then_some(resolv),
+            hosts: (!host_network).then(|| dir.join("hosts")),
+            ..Default::default()
+        }
+    }
+
+    fn facts(&self) -> PodFacts {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        PodFacts {
+            name: self.name.clone(),
+            namespace: self.ns.clone(),
+            uid: self.uid.clone(),
+            node_name: self.ctx.node.name.clone(),
+            pod_ip: self.pod_ips.first().cloned().unwrap_or_default(),
+            host_ip: self.ctx.node.ip.to_string(),
+            service_account: spec
+                .service_account_name
+                .unwrap_or_else(|| "default".into()),
+            labels: self.pod.metadata.labels.clone().unwrap_or_default(),
+            annotations: self.pod.metadata.annotations.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The process a container (or its exec probe) runs, with its environment.
+    fn process_spec(
+        &self,
+        c: &Container,
+        command: &[String],
+        args: &[String],
+    ) -> Result<SpawnSpec, (String, String)> {
+        let image = c.image.clone().unwrap_or_default();
+        let resolved = self
+            .ctx
+            .catalog
+            .resolve(&image, command, args)
+            .map_err(|e| match e {
+                CatalogError::NotInCatalog { .. } => {
+                    ("ImageNotInCatalog".to_string(), e.to_string())
+                }
+                CatalogError::EmptyCommand { .. } => {
+                    ("CreateContainerConfigError".to_string(), e.to_string())
+                }
+            })?;
+        let links = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        let services = self.ctx.services.state();
+        let service_vars =
+            envvars::services_env(&self.ns, links, services.iter().map(|s| s.as_ref()));
+        let mut env = envvars::container_env(c, &self.facts(), &service_vars)
+            .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+        let lookup = |name: &str| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        // $(VAR) in command and args expands against the container's environment, as upstream.
+        let arg0 = envvars::expand(&resolved.arg0, &lookup);
+        let exp_args: Vec<String> = resolved
+            .args
+            .iter()
+            .map(|a| envvars::expand(a, &lookup))
+            .collect();
+        let mut program = resolved.program.clone();
+        if program.as_os_str() == resolved.arg0.as_str() {
+            program = PathBuf::from(&arg0);
+        }
+        for (k, v) in [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ),
+            ("HOSTNAME", self.hostname.clone()),
+            ("HOME", "/root".to_string()),
+        ] {
+            if !env.iter().any(|(name, _)| name == k) {
+                env.insert(0, (k.to_string(), v));
+            }
+        }
+        Ok(SpawnSpec {
+            program,
+            arg0,
+            args: exp_args,
+            env,
+            working_dir: c
+                .working_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+            ..self.base_spawn()
+        })
+    }
+
+    fn start(&mut self, idx: usize) {
+        let c = self.containers[idx].spec.clone();
+        let image = c.image.clone().unwrap_or_default();
+        let spec = match self.process_spec(
+            &c,
+            c.command.as_deref().unwrap_or_default(),
+            c.args.as_deref().unwrap_or_default(),
+        ) {
+            Ok(s) => s,
+            Err((reason, message)) => {
+                let rt = &mut self.containers[idx];
+                rt.state = waiting(&reason, Some(message.clone()));
+                rt.blocked = true;
+                self.event(
+                    Some(&c.name),
+                    "Warning",
+                    "Failed",
+                    format!("Error: {reason}: {message}"),
+                );
+                return;
+            }
+        };
+        if self.containers[idx].restart_count == 0 && self.containers[idx].finished_at.is_none() {
+            self.event(
+                Some(&c.name),
+                "Normal",
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            );
+        }
+        self.event(
+            Some(&c.name),
+            "Normal",
+            "Created",
+            format!("Created container: {}", c.name),
+        );
+        let restart = self.containers[idx].restart_count;
+        let log = self
+            .dir()
+            .join("logs")
+            .join(&c.name)
+            .join(format!("{restart}.log"));
+        let spec = SpawnSpec {
+            log: Some(log),
+            ..spec
+        };
+        let gen = self.containers[idx].gen + 1;
+        self.containers[idx].gen = gen;
+        let started_at = now();
+        let spawned = spawn::command(&spec).and_then(|mut cmd| cmd.spawn());
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                let message = format!(
+                    "failed to start container {:?}: exec: {:?}: {err}",
+                    c.name,
+                    spec.program.display().to_string()
+                );
+                self.event(
+                    Some(&c.name),
+                    "Warning",
+                    "Failed",
+                    format!("Error: {message}"),
+                );
+                let rt = &mut self.containers[idx];
+                rt.state = ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 128,
+                        reason: Some("StartError".into()),
+                        message: Some(message),
+                        started_at: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
+                        finished_at: Some(now()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                rt.finished_at = Some(self.ctx.origin.elapsed());
+                self.after_exit(idx);
+                return;
+            }
+        };
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let ticks = spawn::start_ticks(pid).unwrap_or(0);
+        let container_id = format!("skiff://{:032x}", rand::random::<u128>());
+        let tx = self.tx.clone();
+        let waiter = tokio::spawn(async move {
+            let (code, signal) = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (status.code(), status.signal()) {
+                        (Some(code), _) => (code, None),
+                        (None, Some(sig)) => (128 + sig, Some(sig)),
+                        _ => (255, None),
+                    }
+                }
+                Err(_) => (255, None),
+            };
+            let _ = tx.send(Msg::Exited {
+                idx,
+                gen,
+                code,
+                signal,
+            });
+        });
+        self.event(
+            Some(&c.name),
+            "Normal",
+            "Started",
+            format!("Started container {}", c.name),
+        );
+        self.running(
+            idx,
+            Proc {
+                pid,
+                ticks,
+                started_at,
+                container_id,
+            },
+            vec![waiter],
+        );
+        self.save();
+    }
+
+    /// Mark a container running (started now or adopted) and start its probes.
+    fn running(&mut self, idx: usize, proc: Proc, mut tasks: Vec<JoinHandle<()>>) {
+        let gen = self.containers[idx].gen;
+        let c = self.containers[idx].spec.clone();
+        let pod_ip = self
+            .pod_ips
+            .first()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(self.ctx.node.ip);
+        for (kind, probe) in [
+            (ProbeKind::Readiness, &c.readiness_probe),
+            (ProbeKind::Liveness, &c.liveness_probe),
+        ] {
+            let Some(probe) = probe.clone() else { continue };
+            let exec = probe.exec.as_ref().map(|e| {
+                self.process_spec(&c, e.command.as_deref().unwrap_or_default(), &[])
+                    .ok()
+            });
+            let target = Target {
+                pod_ip,
+                netns: self.netns_path.clone(),
+                pid: proc.pid,
+                exec: exec.flatten(),
+            };
+            let tx = self.tx.clone();
+            let container = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let initial = (kind == ProbeKind::Liveness).then_some(true);
+                let mut th = Thresholds::new(&probe, initial);
+                let delay = probe.initial_delay_seconds.unwrap_or(0).max(0) as u64;
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+                let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+                // Readiness is first checked right away, then quickly until it first succeeds, so a pod becomes
+                // Ready without waiting a whole period.
+                let mut fast = kind == ProbeKind::Readiness;
+                loop {
+                    let outcome = probe::attempt(&probe, &container, &target).await;
+                    let (ok, message) = match outcome {
+                        Outcome::Success => (true, String::new()),
+                        Outcome::Failure(m) => (false, m),
+                    };
+                    if ok {
+                        fast = false;
+                    }
+                    if let Some(result) = th.record(ok) {
+                        let _ = tx.send(Msg::Probe {
+                            idx,
+                            gen,
+                            kind,
+                            ok: result,
+                            message,
+                        });
+                    }
+                    let wait = if fast {
+                        period.min(Duration::from_millis(500))
+                    } else {
+                        period
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+            }));
+        }
+        let rt = &mut self.containers[idx];
+        rt.state = ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(proc.started_at.clone()),
+            }),
+            ..Default::default()
+        };
+        rt.ready = c.readiness_probe.is_none();
+        rt.started = true;
+        rt.proc = Some(proc);
+        rt.restart_at = None;
+        rt.tasks = tasks;
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    fn on_exit(&mut self, idx: usize, gen: u64, code: i32, signal: Option<i32>) {
+        let rt = &mut self.containers[idx];
+        if rt.gen != gen {
+            return;
+        }
+        rt.stop_tasks();
+        let proc = rt.proc.take();
+        rt.ready = false;
+        rt.finished_at = Some(self.ctx.origin.elapsed());
+        rt.state = ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: code,
+                signal,
+                reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+                started_at: proc.as_ref().map(|p| p.started_at.clone()),
+                finished_at: Some(now()),
+                container_id: proc.as_ref().map(|p| p.container_id.clone()),
+                message: None,
+            }),
+            ..Default::default()
+        };
+        self.after_exit(idx);
+        self.save();
+    }
+
+    /// Decide about a restart of a container that just terminated.
+    fn after_exit(&mut self, idx: usize) {
+        if self.terminating {
+            return;
+        }
+        let policy = self.restart_policy();
+        let rt = &self.containers[idx];
+        let code = rt
+            .state
+            .terminated
+            .as_ref()
+            .map(|t| t.exit_code)
+            .unwrap_or(0);
+        let restart = match policy.as_str() {
+            "Never" => false,
+            "OnFailure" => code != 0,
+            _ => true,
+        };
+        if !restart {
+            return;
+        }
+        let finished = rt.finished_at.unwrap_or_default();
+        let (delay, shown) = rt.backoff.delay(finished, self.ctx.origin.elapsed());
+        if delay.is_zero() {
+            self.restart(idx);
+        } else {
+            let name = rt.spec.name.clone();
+            let message = format!(
+                "back-off {} restarting failed container={name} pod={}_{}({})",
+                humantime(shown),
+                self.name,
+                self.ns,
+                self.uid
+            );
+            let rt = &mut self.containers[idx];
+            rt.last_state = Some(rt.state.clone());
+            rt.state = waiting("CrashLoopBackOff", Some(message));
+            rt.restart_at = Some(Instant::now() + delay);
+            self.event(
+                Some(&name),
+                "Warning",
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {name} in pod {}_{}({})",
+                    self.name, self.ns, self.uid
+                ),
+            );
+        }
+    }
+
+    fn restart(&mut self, idx: usize) {
+        let rt = &mut self.containers[idx];
+        if rt.state.terminated.is_some() {
+            rt.last_state = Some(rt.state.clone());
+        }
+        let finished = rt.finished_at.unwrap_or_default();
+        rt.backoff.next(finished);
+        rt.restart_count += 1;
+        rt.restart_at = None;
+        self.start(idx);
+    }
+
+    fn on_probe(&mut self, idx: usize, gen: u64, kind: ProbeKind, ok: bool, message: String) {
+        if self.containers[idx].gen != gen || self.containers[idx].proc.is_none() {
+            return;
+        }
+        let name = self.containers[idx].spec.name.clone();
+        match (kind, ok) {
+            (ProbeKind::Readiness, ok) => {
+                if !ok {
+                    self.event(
+                        Some(&name),
+                        "Warning",
+                        "Unhealthy",
+                        format!("Readiness probe failed: {message}"),
+                    );
+                }
+                self.containers[idx].ready = ok;
+            }
+            (ProbeKind::Liveness, true) => {}
+            (ProbeKind::Liveness, false) => {
+                self.event(
+                    Some(&name),
+                    "Warning",
+                    "Unhealthy",
+                    format!("Liveness probe failed: {message}"),
+                );
+                self.event(
+                    Some(&name),
+                    "Normal",
+                    "Killing",
+                    format!("Container {name} failed liveness probe, will be restarted"),
+                );
+                self.containers[idx].ready = false;
+                if let Some(p) = &self.containers[idx].proc {
+                    kill_gracefully(p.pid, p.ticks, self.grace());
+                }
+            }
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        let secs = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30)
+            .max(0);
+        Duration::from_secs(secs as u64)
+    }
+
+    fn status(&self) -> PodStatus {
+        let statuses = self
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.spec.name.clone(),
+                image: c.spec.image.clone().unwrap_or_default(),
+                image_id: self
+                    .ctx
+                    .catalog
+                    .image_config(c.spec.image.as_deref().unwrap_or_default())
+                    .map(|_| {
+                        format!(
+                            "skiff-catalog://{}",
+                            crate::catalog::normalize_image(
+                                c.spec.image.as_deref().unwrap_or_default()
+                            )
+                        )
+                    })
+                    .unwrap_or_default(),
+                container_id: c.proc.as_ref().map(|p| p.container_id.clone()).or_else(|| {
+                    c.state
+                        .terminated
+                        .as_ref()
+                        .and_then(|t| t.container_id.clone())
+                }),
+                state: Some(c.state.clone()),
+                last_state: Some(c.last_state.clone().unwrap_or_default()),
+                ready: c.ready,
+                started: Some(c.proc.is_some() && c.started),
+                restart_count: c.restart_count,
+                ..Default::default()
+            })
+            .collect();
+        crate::status::pod_status(crate::status::StatusInput {
+            spec: self.pod.spec.as_ref().unwrap_or(&Default::default()),
+            containers: statuses,
+            pod_ips: self.pod_ips.clone(),
+            host_ip: self.ctx.node.ip.to_string(),
+            start_time: Some(self.start_time.clone()),
+            sandbox_ready: self.sandbox_ready,
+            previous: self.published.as_ref(),
+            now: now(),
+        })
+    }
+
+    async fn publish(&mut self) {
+        let status = self.status();
+        if self.published.as_ref() == Some(&status) {
+            return;
+        }
+        let patch = serde_json::json!({ "status": status });
+        match self
+            .api()
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => self.published = Some(status),
+            Err(err) => tracing::warn!(pod = %self.name, %err, "updating pod status"),
+        }
+    }
+
+    /// SIGTERM every container, wait out the grace period (or until all exited), SIGKILL the rest.
+    async fn stop_all(&mut self, grace: Duration) {
+        self.terminating = true;
+        for c in &mut self.containers {
+            c.restart_at = None;
+            c.stop_tasks();
+        }
+        let running: Vec<(String, i32)> = self
+            .containers
+            .iter()
+            .filter_map(|c| c.proc.as_ref().map(|p| (c.spec.name.clone(), p.pid)))
+            .collect();
+        for (name, pid) in &running {
+            self.event(
+                Some(name),
+                "Normal",
+                "Killing",
+                format!("Stopping container {name}"),
+            );
+            spawn::signal(*pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while self.containers.iter().any(|c| c.proc.is_some()) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(Msg::Exited {
+                    idx,
+                    gen,
+                    code,
+                    signal,
+                })) => {
+                    // Adopted processes are not our children: their exit is seen, not their code.
+                    let rt = &mut self.containers[idx];
+                    if rt.gen == gen {
+                        rt.proc = None;
+                        rt.state = ContainerState {
+                            terminated: Some(ContainerStateTerminated {
+                                exit_code: code,
+                                signal,
+                                reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+                                finished_at: Some(now()),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        };
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for c in &self.containers {
+            if let Some(p) = &c.proc {
+                spawn::signal(p.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    async fn run(mut self, mut updates: watch::Receiver<Option<Pod>>) {
+        let already_done = matches!(
+            self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        ) && self.record.netns.is_none()
+            && self.record.containers.is_empty();
+        let deleting = self.pod.metadata.deletion_timestamp.is_some();
+        if !deleting && !already_done {
+            let mut attempt = 0u32;
+            loop {
+                match self.setup_sandbox().await {
+                    Ok(()) => break,
+                    Err(message) => {
+                        tracing::warn!(pod = %self.name, %message, "sandbox setup failed");
+                        self.event(
+                            None,
+                            "Warning",
+                            "FailedCreatePodSandBox",
+                            format!("Failed to create pod sandbox: {message}"),
+                        );
+                        self.publish().await;
+                        attempt += 1;
+                        let wait = Duration::from_millis(500 * 2u64.pow(attempt.min(6)));
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            changed = updates.changed() => {
+                                let gone = changed.is_err() || updates.borrow().as_ref().is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+                                if gone { break; }
+                            }
+                        }
+                    }
+                }
+            }
+            if self.sandbox_ready {
+                self.adopt_or_start();
+                self.publish().await;
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            let next_restart = self.containers.iter().filter_map(|c| c.restart_at).min();
+            let sleep = async {
+                match next_restart {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = updates.changed() => {
+                    let current = if changed.is_ok() { updates.borrow_and_update().clone() } else { None };
+                    match current {
+                        Some(pod) if pod.metadata.deletion_timestamp.is_none() => self.pod = pod,
+                        Some(pod) => {
+                            self.pod = pod;
+                            let grace = self.grace();
+                            self.stop_all(grace).await;
+                            self.teardown().await;
+                            let params = DeleteParams {
+                                grace_period_seconds: Some(0),
+                                preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+                                ..Default::default()
+                            };
+                            if let Err(err) = self.api().delete(&self.name, &params).await {
+                                tracing::debug!(pod = %self.name, %err, "final delete");
+                            }
+                            return;
+                        }
+                        None => {
+                            // Gone from the API (force-deleted): stop quickly and clean up.
+                            self.stop_all(Duration::from_secs(2)).await;
+                            self.teardown().await;
+                            return;
+                        }
+                    }
+                }
+                Some(msg) = self.rx.recv() => match msg {
+                    Msg::Exited { idx, gen, code, signal } => self.on_exit(idx, gen, code, signal),
+                    Msg::Probe { idx, gen, kind, ok, message } => self.on_probe(idx, gen, kind, ok, message),
+                },
+                _ = sleep => {
+                    let now = Instant::now();
+                    let due: Vec<usize> = (0..self.containers.len())
+                        .filter(|&i| self.containers[i].restart_at.is_some_and(|at| at <= now))
+                        .collect();
+                    for idx in due { self.restart(idx); }
+                }
+                // Wakes the loop so a failed status update is retried.
+                _ = tick.tick() => {}
+            }
+            // Collect whatever else is already queued before one status update.
+            while let Ok(msg) = self.rx.try_recv() {
+                match msg {
+                    Msg::Exited {
+                        idx,
+                        gen,
+                        code,
+                        signal,
+                    } => self.on_exit(idx, gen, code, signal),
+                    Msg::Probe {
+                        idx,
+                        gen,
+                        kind,
+                        ok,
+                        message,
+                    } => self.on_probe(idx, gen, kind, ok, message),
+                }
+            }
+            self.publish().await;
+        }
+    }
+
+    /// After (re)starting the worker: containers whose recorded process still lives are adopted, the others
+    /// start.
+    fn adopt_or_start(&mut self) {
+        for idx in 0..self.containers.len() {
+            let name = self.containers[idx].spec.name.clone();
+            let record = self
+                .record
+                .containers
+                .get(&name)
+                .cloned()
+                .unwrap_or_default();
+            self.containers[idx].restart_count = record.restart_count;
+            match record.running {
+                Some(p) if spawn::alive(p.pid, p.start_ticks) => {
+                    let gen = self.containers[idx].gen + 1;
+                    self.containers[idx].gen = gen;
+                    let tx = self.tx.clone();
+                    let (pid, ticks) = (p.pid, p.start_ticks);
+                    let waiter = tokio::spawn(async move {
+                        spawn::wait_foreign(pid, ticks).await;
+                        // The exit code of a process we did not start is not ours to read.
+                        let _ = tx.send(Msg::Exited {
+                            idx,
+                            gen,
+                            code: 255,
+                            signal: None,
+                        });
+                    });
+                    tracing::info!(pod = %self.name, container = %name, pid, "adopted running container");
+                    let started_at = parse_time(&p.started_at).unwrap_or_else(now);
+                    self.running(
+                        idx,
+                        Proc {
+                            pid,
+                            ticks,
+                            started_at,
+                            container_id: p.container_id,
+                        },
+                        vec![waiter],
+                    );
+                }
+                Some(_) => {
+                    // It died while the agent was away: that counts as a restart.
+                    self.containers[idx].finished_at = Some(self.ctx.origin.elapsed());
+                    self.containers[idx].restart_count += 1;
+                    self.start(idx);
+                }
+                None => self.start(idx),
+            }
+        }
+        self.save();
+    }
+
+    async fn teardown(&mut self) {
+        for c in &mut self.containers {
+            c.stop_tasks();
+        }
+        self.save();
+        teardown_record(&self.ctx, &self.record).await;
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s % 60 == 0 {
+        format!("{}m0s", s / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// SIGTERM now, SIGKILL after the grace period if still the same process.
+fn kill_gracefully(pid: i32, ticks: u64, grace: Duration) {
+    spawn::signal(pid, Signal::SIGTERM);
+    tokio::spawn(async move {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !spawn::alive(pid, ticks) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if spawn::alive(pid, ticks) {
+            spawn::signal(pid, Signal::SIGKILL);
+        }
+    });
+}
+
+/// Remove everything a pod had on this node, from its record alone: processes (every one inside its network
+/// namespace too), the CNI attachment, the namespace, the files.
+pub(crate) async fn teardown_record(ctx: &Ctx, record: &PodRecord) {
+    for c in record.containers.values() {
+        if let Some(p) = &c.running {
+            if spawn::alive(p.pid, p.start_ticks) {
+                spawn::signal(p.pid, Signal::SIGKILL);
+            }
+        }
+    }
+    if let Some(name) = &record.netns {
+        let path = netns::netns_path(name);
+        if let Some(id) = netns::ns_id(&path).filter(|_| netns::exists(name)) {
+            for _ in 0..50 {
+                let pids = netns::pids_in(id);
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let list = record.cni_config.clone().or_else(|| {
+            crate::cni::find_config(&ctx.options.cni_conf_dir)
+                .ok()
+                .flatten()
+                .map(|(_, l)| l)
+        });
+        if let Some(list) = list {
+            let att = crate::cni::Attachment {
+                container_id: name.clone(),
+                netns: path.clone(),
+                ifname: "eth0".into(),
+                args: vec![
+                    ("K8S_POD_NAMESPACE".into(), record.namespace.clone()),
+                    ("K8S_POD_NAME".into(), record.name.clone()),
+                    ("K8S_POD_INFRA_CONTAINER_ID".into(), name.clone()),
+                    ("K8S_POD_UID".into(), record.uid.clone()),
+                ],
+            };
+            if let Err(err) = ctx.cni.del(&list, &att, record.cni_result.as_ref()).await {
+                tracing::warn!(pod = %record.name, %err, "CNI DEL");
+            }
+        }
+        if let Err(err) = netns::remove(name) {
+            tracing::warn!(pod = %record.name, %err, "removing network namespace");
+        }
+    }
+    let dir = state::pod_dir(&ctx.options.data_dir, &record.uid);
+    if let Err(err) = std::fs::remove_dir_all(&dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), %err, "removing pod directory");
+        }
+    }
+}
+
+/// Start the worker of a pod: it runs until the pod is gone and its sandbox torn down.
+pub(crate) fn spawn_worker(
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    updates: watch::Receiver<Option<Pod>>,
+    record: Option<PodRecord>,
+) -> JoinHandle<()> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let hostname = dnsconf::pod_hostname(&name, &spec);
+    let record = record.unwrap_or_else(|| PodRecord {
+        uid: uid.clone(),
+        namespace: ns.clone(),
+        name: name.clone(),
+        ..Default::default()
+    });
+    let start_time = record
+        .start_time
+        .as_deref()
+        .and_then(parse_time)
+        .or_else(|| pod.status.as_ref().and_then(|s| s.start_time.clone()))
+        .unwrap_or_else(now);
+    let containers = spec
+        .containers
+        .iter()
+        .map(|c| ContainerRt {
+            spec: c.clone(),
+            gen: 0,
+            proc: None,
+            state: waiting("ContainerCreating", None),
+            last_state: None,
+            restart_count: 0,
+            ready: false,
+            started: false,
+            backoff: BackOff::default(),
+            restart_at: None,
+            finished_at: None,
+            blocked: false,
+            tasks: Vec::new(),
+        })
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let published = pod.status.clone();
+    let worker = Worker {
+        ctx,
+        pod,
+        uid,
+        ns,
+        name,
+        record,
+        netns_path: None,
+        pod_ips: Vec::new(),
+        hostname,
+        sandbox_ready: false,
+        containers,
+        tx,
+        rx,
+        published,
+        start_time,
+        terminating: false,
+    };
+    tokio::spawn(worker.run(updates))
+}
