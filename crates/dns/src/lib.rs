@@ -12,6 +12,7 @@ pub mod forward;
 pub mod metrics;
 pub mod model;
 pub mod server;
+pub mod testing;
 pub mod watch;
 pub mod wire;
 
