@@ -27,7 +27,10 @@ pub struct Held {
 pub fn held_by(svc: &Value) -> Held {
     let spec = &svc["spec"];
     let mut h = Held::default();
-    let mut ips: Vec<&str> = spec["clusterIPs"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let mut ips: Vec<&str> = spec["clusterIPs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
     if ips.is_empty() {
         if let Some(ip) = spec["clusterIP"].as_str() {
             ips.push(ip);
@@ -52,12 +55,21 @@ pub fn held_by(svc: &Value) -> Held {
 }
 
 fn cause(field: impl Into<String>, message: String) -> Cause {
-    Cause { reason: "FieldValueInvalid".into(), message, field: field.into() }
+    Cause {
+        reason: "FieldValueInvalid".into(),
+        message,
+        field: field.into(),
+    }
 }
 
 impl Allocators {
     pub fn new(cidr: Ipv4Net, ports: RangeInclusive<u16>) -> Self {
-        Self { cidr, ports, ips_used: HashSet::new(), ports_used: HashSet::new() }
+        Self {
+            cidr,
+            ports,
+            ips_used: HashSet::new(),
+            ports_used: HashSet::new(),
+        }
     }
 
     pub fn mark(&mut self, h: &Held) {
@@ -77,8 +89,18 @@ impl Allocators {
     /// Release what `old` held and `new` does not (after a successful write).
     pub fn release_diff(&mut self, old: &Held, new: &Held) {
         let gone = Held {
-            ips: old.ips.iter().filter(|i| !new.ips.contains(i)).copied().collect(),
-            ports: old.ports.iter().filter(|p| !new.ports.contains(p)).copied().collect(),
+            ips: old
+                .ips
+                .iter()
+                .filter(|i| !new.ips.contains(i))
+                .copied()
+                .collect(),
+            ports: old
+                .ports
+                .iter()
+                .filter(|p| !new.ports.contains(p))
+                .copied()
+                .collect(),
         };
         self.release(&gone);
     }
@@ -102,7 +124,9 @@ impl Allocators {
                 return Some(ip);
             }
         }
-        (1..size - 1).map(|o| Ipv4Addr::from(base + o as u32)).find(|ip| !self.ips_used.contains(ip))
+        (1..size - 1)
+            .map(|o| Ipv4Addr::from(base + o as u32))
+            .find(|ip| !self.ips_used.contains(ip))
     }
 
     fn random_port(&self) -> Option<u16> {
@@ -116,7 +140,14 @@ impl Allocators {
         self.ports.clone().find(|p| !self.ports_used.contains(p))
     }
 
-    fn take_port(&mut self, field: String, p: u64, keep: &[u16], dry: bool, causes: &mut Vec<Cause>) -> Option<u16> {
+    fn take_port(
+        &mut self,
+        field: String,
+        p: u64,
+        keep: &[u16],
+        dry: bool,
+        causes: &mut Vec<Cause>,
+    ) -> Option<u16> {
         let n = p as u16;
         if keep.contains(&n) {
             return Some(n);
@@ -133,7 +164,10 @@ impl Allocators {
             return None;
         }
         if self.ports_used.contains(&n) {
-            causes.push(cause(field, format!("Invalid value: {p}: provided port is already allocated")));
+            causes.push(cause(
+                field,
+                format!("Invalid value: {p}: provided port is already allocated"),
+            ));
             return None;
         }
         if !dry {
@@ -144,7 +178,12 @@ impl Allocators {
 
     /// Fill in and reserve the Service's cluster IP, node ports and health-check node port, keeping what `old`
     /// already holds. On error nothing new stays reserved. With `dry` nothing is reserved at all.
-    pub fn allocate(&mut self, svc: &mut Value, old: Option<&Value>, dry: bool) -> Result<(), Vec<Cause>> {
+    pub fn allocate(
+        &mut self,
+        svc: &mut Value,
+        old: Option<&Value>,
+        dry: bool,
+    ) -> Result<(), Vec<Cause>> {
         let old_held = old.map(held_by).unwrap_or_default();
         let before_ips = self.ips_used.clone();
         let before_ports = self.ports_used.clone();
@@ -156,19 +195,32 @@ impl Allocators {
         r
     }
 
-    fn allocate_inner(&mut self, svc: &mut Value, old: Option<&Value>, old_held: &Held, dry: bool) -> Result<(), Vec<Cause>> {
+    fn allocate_inner(
+        &mut self,
+        svc: &mut Value,
+        old: Option<&Value>,
+        old_held: &Held,
+        dry: bool,
+    ) -> Result<(), Vec<Cause>> {
         if !svc["spec"].is_object() {
             svc["spec"] = json!({});
         }
         let mut causes = Vec::new();
-        let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+        let ty = svc["spec"]["type"]
+            .as_str()
+            .unwrap_or("ClusterIP")
+            .to_string();
         let spec = svc["spec"].as_object_mut().ok_or_else(Vec::new)?;
         // ClusterIP
         if ty == "ExternalName" {
             spec.remove("clusterIP");
             spec.remove("clusterIPs");
         } else {
-            let given = spec.get("clusterIP").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let given = spec
+                .get("clusterIP")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
             let given = if given.is_empty() {
                 spec.get("clusterIPs")
                     .and_then(|v| v.get(0))
@@ -178,7 +230,10 @@ impl Allocators {
             } else {
                 given
             };
-            let old_ip = old.and_then(|o| o["spec"]["clusterIP"].as_str()).unwrap_or("").to_string();
+            let old_ip = old
+                .and_then(|o| o["spec"]["clusterIP"].as_str())
+                .unwrap_or("")
+                .to_string();
             let ip_str = if given.is_empty() && !old_ip.is_empty() {
                 old_ip.clone()
             } else if given.is_empty() {
@@ -190,7 +245,10 @@ impl Allocators {
                         ip.to_string()
                     }
                     None => {
-                        causes.push(cause("spec.clusterIPs", "Internal error: range is full".into()));
+                        causes.push(cause(
+                            "spec.clusterIPs",
+                            "Internal error: range is full".into(),
+                        ));
                         String::new()
                     }
                 }
@@ -227,13 +285,20 @@ impl Allocators {
                 spec.insert("clusterIP".into(), json!(ip_str));
                 spec.insert("clusterIPs".into(), json!([ip_str]));
                 spec.entry("ipFamilies").or_insert_with(|| json!(["IPv4"]));
-                spec.entry("ipFamilyPolicy").or_insert_with(|| json!("SingleStack"));
+                spec.entry("ipFamilyPolicy")
+                    .or_insert_with(|| json!("SingleStack"));
             }
         }
         // Node ports
         let wants_node_ports = ty == "NodePort"
-            || (ty == "LoadBalancer" && spec.get("allocateLoadBalancerNodePorts").and_then(|v| v.as_bool()) != Some(false));
-        let old_ports: Vec<Value> = old.and_then(|o| o["spec"]["ports"].as_array().cloned()).unwrap_or_default();
+            || (ty == "LoadBalancer"
+                && spec
+                    .get("allocateLoadBalancerNodePorts")
+                    .and_then(|v| v.as_bool())
+                    != Some(false));
+        let old_ports: Vec<Value> = old
+            .and_then(|o| o["spec"]["ports"].as_array().cloned())
+            .unwrap_or_default();
         if let Some(ports) = spec.get_mut("ports").and_then(|p| p.as_array_mut()) {
             for (i, p) in ports.iter_mut().enumerate() {
                 if !wants_node_ports {
@@ -246,17 +311,30 @@ impl Allocators {
                     continue;
                 }
                 let field = format!("spec.ports[{i}].nodePort");
-                match p.get("nodePort").and_then(|v| v.as_u64()).filter(|n| *n != 0) {
+                match p
+                    .get("nodePort")
+                    .and_then(|v| v.as_u64())
+                    .filter(|n| *n != 0)
+                {
                     Some(n) => {
                         self.take_port(field, n, &old_held.ports, dry, &mut causes);
                     }
                     None => {
                         // Keep the node port this port had before (matched by port number and protocol).
-                        let proto = p.get("protocol").and_then(|v| v.as_str()).unwrap_or("TCP").to_string();
+                        let proto = p
+                            .get("protocol")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("TCP")
+                            .to_string();
                         let prev = old_ports.iter().find(|op| {
-                            op.get("port") == p.get("port") && op.get("protocol").and_then(|v| v.as_str()).unwrap_or("TCP") == proto
+                            op.get("port") == p.get("port")
+                                && op.get("protocol").and_then(|v| v.as_str()).unwrap_or("TCP")
+                                    == proto
                         });
-                        let n = match prev.and_then(|op| op.get("nodePort")).and_then(|v| v.as_u64()) {
+                        let n = match prev
+                            .and_then(|op| op.get("nodePort"))
+                            .and_then(|v| v.as_u64())
+                        {
                             Some(n) => Some(n as u16),
                             None => {
                                 let n = self.random_port();
@@ -276,12 +354,24 @@ impl Allocators {
         // Health-check node port
         let local = spec.get("externalTrafficPolicy").and_then(|v| v.as_str()) == Some("Local");
         if ty == "LoadBalancer" && local {
-            match spec.get("healthCheckNodePort").and_then(|v| v.as_u64()).filter(|n| *n != 0) {
+            match spec
+                .get("healthCheckNodePort")
+                .and_then(|v| v.as_u64())
+                .filter(|n| *n != 0)
+            {
                 Some(n) => {
-                    self.take_port("spec.healthCheckNodePort".into(), n, &old_held.ports, dry, &mut causes);
+                    self.take_port(
+                        "spec.healthCheckNodePort".into(),
+                        n,
+                        &old_held.ports,
+                        dry,
+                        &mut causes,
+                    );
                 }
                 None => {
-                    let prev = old.and_then(|o| o["spec"]["healthCheckNodePort"].as_u64()).map(|n| n as u16);
+                    let prev = old
+                        .and_then(|o| o["spec"]["healthCheckNodePort"].as_u64())
+                        .map(|n| n as u16);
                     let n = prev.or_else(|| {
                         let n = self.random_port();
                         if let (Some(n), false) = (n, dry) {
@@ -334,7 +424,8 @@ mod tests {
         );
         // Updating the holder with the same IP is fine.
         let mut s1b = s1.clone();
-        a.allocate(&mut s1b, Some(&s1), false).expect("same ip on update");
+        a.allocate(&mut s1b, Some(&s1), false)
+            .expect("same ip on update");
     }
 
     #[test]
@@ -342,14 +433,21 @@ mod tests {
         let mut a = allocs();
         let mut s1 = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31399}, {"port": 81}]}});
         a.allocate(&mut s1, None, false).expect("alloc");
-        let p1 = s1["spec"]["ports"][1]["nodePort"].as_u64().expect("auto port");
+        let p1 = s1["spec"]["ports"][1]["nodePort"]
+            .as_u64()
+            .expect("auto port");
         assert!((30000..=32767).contains(&p1));
-        let mut s2 = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31399}]}});
+        let mut s2 =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31399}]}});
         let e = a.allocate(&mut s2, None, false).expect_err("dup");
         assert_eq!(e[0].field, "spec.ports[0].nodePort");
-        assert_eq!(e[0].message, "Invalid value: 31399: provided port is already allocated");
+        assert_eq!(
+            e[0].message,
+            "Invalid value: 31399: provided port is already allocated"
+        );
         // Failed allocation reserved nothing: the auto IP of s2 is free again.
-        let mut s3 = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 29999}]}});
+        let mut s3 =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 29999}]}});
         let e = a.allocate(&mut s3, None, false).expect_err("range");
         assert_eq!(
             e[0].message,
@@ -362,11 +460,14 @@ mod tests {
         assert_eq!(upd["spec"]["ports"][1]["nodePort"], json!(p1));
         let mut cip = s1.clone();
         cip["spec"]["type"] = json!("ClusterIP");
-        a.allocate(&mut cip, Some(&s1), false).expect("to clusterip");
+        a.allocate(&mut cip, Some(&s1), false)
+            .expect("to clusterip");
         assert!(held_by(&cip).ports.is_empty());
         a.release_diff(&held_by(&s1), &held_by(&cip));
-        let mut s4 = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31399}]}});
-        a.allocate(&mut s4, None, false).expect("released port reusable");
+        let mut s4 =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31399}]}});
+        a.allocate(&mut s4, None, false)
+            .expect("released port reusable");
     }
 
     #[test]

@@ -3,9 +3,19 @@
 use crate::registry::{self, Resource, Sub};
 use serde_json::{json, Value};
 
-pub const AGGREGATED_CT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_CT: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub fn version() -> Value {
     json!({
@@ -25,7 +35,9 @@ pub fn version() -> Value {
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|media| {
         let params: Vec<&str> = media.split(';').map(|p| p.trim()).collect();
-        params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2") && params.contains(&"as=APIGroupDiscoveryList")
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
     })
 }
 
@@ -61,11 +73,17 @@ fn aggregated_group(group: &str) -> Value {
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| {
-            let resources: Vec<Value> = registry::in_group_version(g, v).map(aggregated_resource).collect();
+            let resources: Vec<Value> = registry::in_group_version(g, v)
+                .map(aggregated_resource)
+                .collect();
             json!({"version": v, "resources": resources, "freshness": "Current"})
         })
         .collect();
-    let metadata = if group.is_empty() { json!({}) } else { json!({"name": group}) };
+    let metadata = if group.is_empty() {
+        json!({})
+    } else {
+        json!({"name": group})
+    };
     json!({"metadata": metadata, "versions": versions})
 }
 
@@ -111,9 +129,13 @@ pub fn api_group_list() -> Value {
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    let (g, v) = registry::group_versions().into_iter().find(|(g, _)| *g == group)?;
+    let (g, v) = registry::group_versions()
+        .into_iter()
+        .find(|(g, _)| *g == group)?;
     let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-    Some(json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": [gv.clone()], "preferredVersion": gv}))
+    Some(
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": [gv.clone()], "preferredVersion": gv}),
+    )
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
@@ -143,8 +165,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 fn gv_path(g: &str, v: &str) -> String {
@@ -162,7 +190,10 @@ pub fn openapi_root() -> Value {
     let mut paths = serde_json::Map::new();
     for (g, v) in registry::group_versions() {
         let p = gv_path(g, v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={OPENAPI_HASH}")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={OPENAPI_HASH}")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -171,12 +202,19 @@ pub fn openapi_root() -> Value {
 /// `x-kubernetes-group-version-kind` and the `fieldValidation` parameter (what kubectl looks for to decide
 /// that the server validates fields), plus an open schema per kind.
 pub fn openapi_group_version(path: &str) -> Option<Value> {
-    let (g, v) = registry::group_versions().into_iter().find(|(g, v)| gv_path(g, v) == path)?;
+    let (g, v) = registry::group_versions()
+        .into_iter()
+        .find(|(g, v)| gv_path(g, v) == path)?;
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
     for r in registry::in_group_version(g, v) {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let schema_name = format!("io.k8s.skiff.{}.{}.{}", if g.is_empty() { "core" } else { g }, v, r.kind);
+        let schema_name = format!(
+            "io.k8s.skiff.{}.{}.{}",
+            if g.is_empty() { "core" } else { g },
+            v,
+            r.kind
+        );
         let schema_ref = json!({"$ref": format!("#/components/schemas/{schema_name}")});
         let fv = json!({"name": "fieldValidation", "in": "query", "description": "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.", "schema": {"type": "string", "uniqueItems": true}});
         let op = |verb: &str| {
@@ -240,7 +278,12 @@ mod tests {
     #[test]
     fn apps_deployments_discovery_entry() {
         let d = aggregated(false);
-        let apps = d["items"].as_array().expect("items").iter().find(|i| i["metadata"]["name"] == "apps").expect("apps");
+        let apps = d["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|i| i["metadata"]["name"] == "apps")
+            .expect("apps");
         let dep = apps["versions"][0]["resources"]
             .as_array()
             .expect("resources")

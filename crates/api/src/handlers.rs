@@ -11,7 +11,9 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{json, Map, Value};
-use skiff_apimachinery::{apply, defaults, patch, proto, selector, table, validation, Cause, GroupKind};
+use skiff_apimachinery::{
+    apply, defaults, patch, proto, selector, table, validation, Cause, GroupKind,
+};
 use skiff_store::{EventType, KeyValue, ListOptions, Store};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,16 +37,28 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub async fn new(store: Arc<dyn Store>, token: String, cfg: &ServerConfig, port: u16) -> Result<Arc<Self>, Error> {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        token: String,
+        cfg: &ServerConfig,
+        port: u16,
+    ) -> Result<Arc<Self>, Error> {
         let mut alloc = Allocators::new(cfg.service_cidr, cfg.node_ports.clone());
-        let svc = registry::find("", "v1", "services").ok_or_else(|| Error::Bootstrap("no services".into()))?;
+        let svc = registry::find("", "v1", "services")
+            .ok_or_else(|| Error::Bootstrap("no services".into()))?;
         let list = store.list(&svc.prefix(), ListOptions::default()).await?;
         for kv in list.items {
             if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
                 alloc.mark(&held_by(&v));
             }
         }
-        Ok(Arc::new(Self { store, token, alloc: tokio::sync::Mutex::new(alloc), advertise: cfg.advertise_address, port }))
+        Ok(Arc::new(Self {
+            store,
+            token,
+            alloc: tokio::sync::Mutex::new(alloc),
+            advertise: cfg.advertise_address,
+            port,
+        }))
     }
 }
 
@@ -74,16 +88,25 @@ pub async fn accept_loop(
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(handle(ctx, req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             let r = match tls {
                 Some(acc) => match acc.accept(stream).await {
-                    Ok(s) => builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), svc).await,
+                    Ok(s) => {
+                        builder
+                            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), svc)
+                            .await
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
                 },
-                None => builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc).await,
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await
+                }
             };
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection ended");
@@ -104,7 +127,11 @@ fn respond(code: u16, ct: &str, body: Vec<u8>) -> Response<Body> {
 }
 
 fn json_resp(code: u16, v: &Value) -> Response<Body> {
-    respond(code, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    respond(
+        code,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 fn err_resp(e: &ApiError) -> Response<Body> {
@@ -130,7 +157,8 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(x) => {
                         out.push(x);
                         i += 2;
@@ -165,7 +193,9 @@ fn qbool(q: &Query, k: &str) -> bool {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn header<'a>(h: &'a HeaderMap, k: &str) -> &'a str {
@@ -173,7 +203,12 @@ fn header<'a>(h: &'a HeaderMap, k: &str) -> &'a str {
 }
 
 fn media_type(h: &HeaderMap) -> String {
-    header(h, "content-type").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    header(h, "content-type")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn wants_table(h: &HeaderMap) -> bool {
@@ -187,19 +222,21 @@ fn wants_table(h: &HeaderMap) -> bool {
 fn decode_object(h: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let mt = media_type(h);
     let v: Value = match mt.as_str() {
-        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("error decoding JSON: {e}"))
-        })?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
-            serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?
-        }
-        "application/vnd.kubernetes.protobuf" => {
-            proto::decode(body).map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}")))?
-        }
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?,
+        "application/yaml"
+        | "application/x-yaml"
+        | "text/yaml"
+        | "application/apply-patch+yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => proto::decode(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}")))?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !v.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be a JSON or YAML object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON or YAML object",
+        ));
     }
     Ok(v)
 }
@@ -212,7 +249,9 @@ fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v["metadata"].is_object() {
         v["metadata"] = json!({});
     }
-    v["metadata"].as_object_mut().expect("metadata was just made an object")
+    v["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 fn name_of(v: &Value) -> &str {
@@ -258,13 +297,20 @@ enum Route {
 }
 
 fn route(path: &str, h: &HeaderMap, ctx: &Ctx) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["api"] => {
             if discovery::wants_aggregated(header(h, "accept")) {
                 return Route::Aggregated(true);
             }
-            return Route::Json(discovery::api_versions(&format!("{}:{}", ctx.advertise, ctx.port)));
+            return Route::Json(discovery::api_versions(&format!(
+                "{}:{}",
+                ctx.advertise, ctx.port
+            )));
         }
         ["apis"] => {
             if discovery::wants_aggregated(header(h, "accept")) {
@@ -272,23 +318,37 @@ fn route(path: &str, h: &HeaderMap, ctx: &Ctx) -> Route {
             }
             return Route::Json(discovery::api_group_list());
         }
-        ["apis", g] => return discovery::api_group(g).map(Route::Json).unwrap_or(Route::NotFound),
+        ["apis", g] => {
+            return discovery::api_group(g)
+                .map(Route::Json)
+                .unwrap_or(Route::NotFound)
+        }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Route::NotFound,
     };
     if rest.is_empty() {
-        return discovery::resource_list(group, version).map(Route::Json).unwrap_or(Route::NotFound);
+        return discovery::resource_list(group, version)
+            .map(Route::Json)
+            .unwrap_or(Route::NotFound);
     }
-    let (watch_path, rest) = if rest[0] == "watch" { (true, &rest[1..]) } else { (false, rest) };
+    let (watch_path, rest) = if rest[0] == "watch" {
+        (true, &rest[1..])
+    } else {
+        (false, rest)
+    };
     // namespaces/{ns}/{plural}... vs the namespaces resource itself.
-    let (ns, rest): (Option<String>, &[&str]) =
-        if rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2], "status" | "finalize") {
-            (Some(rest[1].to_string()), &rest[2..])
-        } else {
-            (None, rest)
-        };
-    let Some(res) = registry::find(group, version, rest[0]) else { return Route::NotFound };
+    let (ns, rest): (Option<String>, &[&str]) = if rest.len() >= 3
+        && rest[0] == "namespaces"
+        && !matches!(rest[2], "status" | "finalize")
+    {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    let Some(res) = registry::find(group, version, rest[0]) else {
+        return Route::NotFound;
+    };
     if ns.is_some() && !res.namespaced {
         return Route::NotFound;
     }
@@ -297,7 +357,13 @@ fn route(path: &str, h: &HeaderMap, ctx: &Ctx) -> Route {
     }
     let name = rest.get(1).map(|s| percent_decode(s));
     let sub = rest.get(2).map(|s| s.to_string());
-    Route::Resource(Target { res, ns, name, sub, watch_path })
+    Route::Resource(Target {
+        res,
+        ns,
+        name,
+        sub,
+        watch_path,
+    })
 }
 
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
@@ -312,7 +378,10 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
     if !ctx.token.is_empty() {
         let auth = header(&parts.headers, "authorization");
-        let ok = auth.strip_prefix("Bearer ").map(|t| t.trim() == ctx.token).unwrap_or(false);
+        let ok = auth
+            .strip_prefix("Bearer ")
+            .map(|t| t.trim() == ctx.token)
+            .unwrap_or(false);
         if !ok {
             return err_resp(&ApiError::unauthorized());
         }
@@ -322,7 +391,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let body = match limited.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return err_resp(&ApiError::too_large());
             }
             return err_resp(&ApiError::bad_request(format!("reading request body: {e}")));
@@ -340,9 +411,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     match route(&path, &parts.headers, &ctx) {
         Route::NotFound => err_resp(&ApiError::path_not_found()),
         Route::Json(v) => json_resp(200, &v),
-        Route::Aggregated(core) => {
-            respond(200, discovery::AGGREGATED_CT, serde_json::to_vec(&discovery::aggregated(core)).unwrap_or_default())
-        }
+        Route::Aggregated(core) => respond(
+            200,
+            discovery::AGGREGATED_CT,
+            serde_json::to_vec(&discovery::aggregated(core)).unwrap_or_default(),
+        ),
         Route::Resource(t) => {
             match dispatch(&ctx, &parts.method, &parts.headers, &q, t, body).await {
                 Ok(r) => r,
@@ -352,11 +425,19 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn dispatch(ctx: &Arc<Ctx>, method: &Method, h: &HeaderMap, q: &Query, t: Target, body: Bytes) -> ApiResult<Response<Body>> {
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    method: &Method,
+    h: &HeaderMap,
+    q: &Query,
+    t: Target,
+    body: Bytes,
+) -> ApiResult<Response<Body>> {
     let res = t.res;
     let ns = if res.namespaced { t.ns.clone() } else { None };
     if let Some(s) = &t.sub {
-        let known = (s == "status" && res.has(Sub::Status)) || (s == "scale" && res.has(Sub::Scale));
+        let known =
+            (s == "status" && res.has(Sub::Status)) || (s == "scale" && res.has(Sub::Scale));
         if !known {
             return Err(ApiError::path_not_found());
         }
@@ -369,7 +450,9 @@ async fn dispatch(ctx: &Arc<Ctx>, method: &Method, h: &HeaderMap, q: &Query, t: 
     }
     let write_ns = || -> ApiResult<Option<String>> {
         if res.namespaced {
-            Ok(Some(t.ns.clone().ok_or_else(|| ApiError::path_not_found())?))
+            Ok(Some(
+                t.ns.clone().ok_or_else(|| ApiError::path_not_found())?,
+            ))
         } else {
             Ok(None)
         }
@@ -392,7 +475,10 @@ async fn dispatch(ctx: &Arc<Ctx>, method: &Method, h: &HeaderMap, q: &Query, t: 
                 return Ok(json_resp(200, &to_scale(&v)));
             }
             if wants_table(h) {
-                let rv = meta(&v)["resourceVersion"].as_str().unwrap_or("").to_string();
+                let rv = meta(&v)["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
                 return Ok(table_resp(&to_table(res, &[v], &rv, None, q, true)));
             }
             Ok(json_resp(200, &v))
@@ -400,14 +486,25 @@ async fn dispatch(ctx: &Arc<Ctx>, method: &Method, h: &HeaderMap, q: &Query, t: 
         (Method::PUT, Some(name)) => {
             let ns = write_ns()?;
             let obj = decode_object(h, &body)?;
-            let (v, code, warnings) = put(ctx, res, ns.as_deref(), &name, t.sub.as_deref(), obj, q).await?;
+            let (v, code, warnings) =
+                put(ctx, res, ns.as_deref(), &name, t.sub.as_deref(), obj, q).await?;
             let mut r = json_resp(code, &v);
             add_warnings(&mut r, &warnings);
             Ok(r)
         }
         (Method::PATCH, Some(name)) => {
             let ns = write_ns()?;
-            let (v, code, warnings) = patch_obj(ctx, res, ns.as_deref(), &name, t.sub.as_deref(), h, q, &body).await?;
+            let (v, code, warnings) = patch_obj(
+                ctx,
+                res,
+                ns.as_deref(),
+                &name,
+                t.sub.as_deref(),
+                h,
+                q,
+                &body,
+            )
+            .await?;
             let mut r = json_resp(code, &v);
             add_warnings(&mut r, &warnings);
             Ok(r)
@@ -441,10 +538,14 @@ struct Filters {
 
 impl Filters {
     fn from_query(q: &Query) -> ApiResult<Self> {
-        let labels = selector::LabelSelector::parse(q.get("labelSelector").map(|s| s.as_str()).unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fields = selector::FieldSelector::parse(q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let labels = selector::LabelSelector::parse(
+            q.get("labelSelector").map(|s| s.as_str()).unwrap_or(""),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = selector::FieldSelector::parse(
+            q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(Self { labels, fields })
     }
     fn matches(&self, v: &Value) -> bool {
@@ -460,7 +561,13 @@ struct ContinueToken {
     rv: u64,
 }
 
-async fn list(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, q: &Query, h: &HeaderMap) -> ApiResult<Response<Body>> {
+async fn list(
+    ctx: &Ctx,
+    res: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+    h: &HeaderMap,
+) -> ApiResult<Response<Body>> {
     let filters = Filters::from_query(q)?;
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
     let start_after = match q.get("continue").filter(|c| !c.is_empty()) {
@@ -468,14 +575,15 @@ async fn list(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, q: &Query, h:
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(c)
                 .map_err(|_| ApiError::bad_request("invalid continue token"))?;
-            let tok: ContinueToken =
-                serde_json::from_slice(&raw).map_err(|_| ApiError::bad_request("invalid continue token"))?;
+            let tok: ContinueToken = serde_json::from_slice(&raw)
+                .map_err(|_| ApiError::bad_request("invalid continue token"))?;
             Some(tok.key)
         }
         None => None,
     };
     let prefix = res.ns_prefix(ns);
-    let (items, rev, cont, remaining) = list_filtered(ctx, &prefix, &filters, start_after, limit).await?;
+    let (items, rev, cont, remaining) =
+        list_filtered(ctx, &prefix, &filters, start_after, limit).await?;
     let rv = rev.to_string();
     if wants_table(h) {
         let mut t = to_table(res, &items, &rv, cont.as_deref(), q, true);
@@ -491,7 +599,10 @@ async fn list(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, q: &Query, h:
             md["remainingItemCount"] = json!(n);
         }
     }
-    Ok(json_resp(200, &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": md, "items": items})))
+    Ok(json_resp(
+        200,
+        &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": md, "items": items}),
+    ))
 }
 
 /// Items under `prefix` matching `filters`, at most `limit` (0 = all), with a continue token when more match.
@@ -502,7 +613,16 @@ async fn list_filtered(
     start_after: Option<String>,
     limit: usize,
 ) -> ApiResult<(Vec<Value>, u64, Option<String>, Option<usize>)> {
-    let r = ctx.store.list(prefix, ListOptions { start_after, limit: None }).await?;
+    let r = ctx
+        .store
+        .list(
+            prefix,
+            ListOptions {
+                start_after,
+                limit: None,
+            },
+        )
+        .await?;
     let mut items = Vec::new();
     let mut cont = None;
     let mut remaining = None;
@@ -513,8 +633,14 @@ async fn list_filtered(
         }
         if limit > 0 && items.len() == limit {
             let last_key = r.items[i - 1].key.clone();
-            let tok = ContinueToken { key: last_key, rv: r.revision };
-            cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&tok).unwrap_or_default()));
+            let tok = ContinueToken {
+                key: last_key,
+                rv: r.revision,
+            };
+            cont = Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(serde_json::to_vec(&tok).unwrap_or_default()),
+            );
             // Upstream only reports remainingItemCount without selectors; this is the unfiltered remainder.
             remaining = Some(r.items.len() - i);
             break;
@@ -540,7 +666,9 @@ fn columns_for(res: &Resource) -> Vec<table::Column> {
 }
 
 fn age(created: &str, now: jiff::Timestamp) -> String {
-    let Ok(t) = created.parse::<jiff::Timestamp>() else { return "<unknown>".into() };
+    let Ok(t) = created.parse::<jiff::Timestamp>() else {
+        return "<unknown>".into();
+    };
     let s = (now.as_second() - t.as_second()).max(0);
     match s {
         0..=119 => format!("{s}s"),
@@ -555,16 +683,32 @@ fn cells_for(res: &Resource, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
     if !c.is_empty() {
         return c;
     }
-    vec![json!(name_of(v)), json!(age(meta(v)["creationTimestamp"].as_str().unwrap_or(""), now))]
+    vec![
+        json!(name_of(v)),
+        json!(age(
+            meta(v)["creationTimestamp"].as_str().unwrap_or(""),
+            now
+        )),
+    ]
 }
 
 fn partial_metadata(v: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta(v).clone()})
 }
 
-fn to_table(res: &Resource, items: &[Value], rv: &str, cont: Option<&str>, q: &Query, headers: bool) -> Value {
+fn to_table(
+    res: &Resource,
+    items: &[Value],
+    rv: &str,
+    cont: Option<&str>,
+    q: &Query,
+    headers: bool,
+) -> Value {
     let now = jiff::Timestamp::now();
-    let include = q.get("includeObject").map(|s| s.as_str()).unwrap_or("Metadata");
+    let include = q
+        .get("includeObject")
+        .map(|s| s.as_str())
+        .unwrap_or("Metadata");
     let rows: Vec<Value> = items
         .iter()
         .map(|v| {
@@ -581,7 +725,11 @@ fn to_table(res: &Resource, items: &[Value], rv: &str, cont: Option<&str>, q: &Q
     if let Some(c) = cont {
         md["continue"] = json!(c);
     }
-    let cols = if headers { serde_json::to_value(columns_for(res)).unwrap_or(json!([])) } else { json!([]) };
+    let cols = if headers {
+        serde_json::to_value(columns_for(res)).unwrap_or(json!([]))
+    } else {
+        json!([])
+    };
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": cols, "rows": rows})
 }
 
@@ -604,14 +752,24 @@ impl WriteOpts {
                 )))
             }
         };
-        let validation = q.get("fieldValidation").cloned().unwrap_or_else(|| "Warn".into());
+        let validation = q
+            .get("fieldValidation")
+            .cloned()
+            .unwrap_or_else(|| "Warn".into());
         if !matches!(validation.as_str(), "Strict" | "Warn" | "Ignore") {
             return Err(ApiError::bad_request(format!(
                 "fieldValidation must be one of Ignore, Warn, or Strict (got {validation})"
             )));
         }
-        let manager = q.get("fieldManager").cloned().unwrap_or_else(|| default_manager.to_string());
-        Ok(Self { dry_run, manager, validation })
+        let manager = q
+            .get("fieldManager")
+            .cloned()
+            .unwrap_or_else(|| default_manager.to_string());
+        Ok(Self {
+            dry_run,
+            manager,
+            validation,
+        })
     }
 }
 
@@ -624,7 +782,10 @@ fn check_fields(res: &Resource, obj: &Value, opts: &WriteOpts) -> ApiResult<Vec<
     if unknown.is_empty() {
         return Ok(Vec::new());
     }
-    let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let msgs: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
     if opts.validation == "Strict" {
         let msg = format!("strict decoding error: {}", msgs.join(", "));
         return Err(ApiError::bad_request(msg));
@@ -665,7 +826,12 @@ fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
     if causes.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::invalid(res.group, res.kind, name_of(obj), &causes))
+        Err(ApiError::invalid(
+            res.group,
+            res.kind,
+            name_of(obj),
+            &causes,
+        ))
     }
 }
 
@@ -674,7 +840,8 @@ fn is_service(res: &Resource) -> bool {
 }
 
 async fn namespace_exists(ctx: &Ctx, ns: &str) -> ApiResult<Option<Value>> {
-    let nsr = registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces"))?;
+    let nsr = registry::find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("no namespaces"))?;
     match ctx.store.get(&nsr.key(None, ns)).await? {
         Some(kv) => Ok(Some(from_kv(&kv)?)),
         None => Ok(None),
@@ -683,15 +850,25 @@ async fn namespace_exists(ctx: &Ctx, ns: &str) -> ApiResult<Option<Value>> {
 
 fn random_suffix() -> String {
     const CH: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|_| CH[rand::random_range(0..CH.len())] as char).collect()
+    (0..5)
+        .map(|_| CH[rand::random_range(0..CH.len())] as char)
+        .collect()
 }
 
 /// Create `obj` (already decoded). Returns the stored object and warnings.
-async fn create(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, mut obj: Value, q: &Query) -> ApiResult<(Value, Vec<String>)> {
+async fn create(
+    ctx: &Ctx,
+    res: &'static Resource,
+    ns: Option<&str>,
+    mut obj: Value,
+    q: &Query,
+) -> ApiResult<(Value, Vec<String>)> {
     let opts = WriteOpts::from_query(q, "unknown")?;
     check_type(res, &mut obj)?;
     let warnings = check_fields(res, &obj, &opts)?;
-    create_prepared(ctx, res, ns, obj, &opts, None).await.map(|v| (v, warnings))
+    create_prepared(ctx, res, ns, obj, &opts, None)
+        .await
+        .map(|v| (v, warnings))
 }
 
 async fn create_prepared(
@@ -720,9 +897,16 @@ async fn create_prepared(
         } else {
             m.remove("namespace");
         }
-        let has_name = m.get("name").and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty());
+        let has_name = m
+            .get("name")
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| !s.is_empty());
         if !has_name {
-            if let Some(g) = m.get("generateName").and_then(|v| v.as_str()).filter(|s| !s.is_empty()) {
+            if let Some(g) = m
+                .get("generateName")
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+            {
                 let n = format!("{g}{}", random_suffix());
                 m.insert("name".into(), json!(n));
             }
@@ -740,7 +924,11 @@ async fn create_prepared(
             res.group,
             res.kind,
             "",
-            &[Cause { reason: "FieldValueRequired".into(), message: "Required value: name or generateName is required".into(), field: "metadata.name".into() }],
+            &[Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: name or generateName is required".into(),
+                field: "metadata.name".into(),
+            }],
         ));
     }
     let name = name_of(&obj).to_string();
@@ -772,7 +960,9 @@ async fn create_prepared(
     let key = res.key(ns, &name);
     if is_service(res) {
         let mut alloc = ctx.alloc.lock().await;
-        alloc.allocate(&mut obj, None, opts.dry_run).map_err(|c| ApiError::invalid(res.group, res.kind, &name, &c))?;
+        alloc
+            .allocate(&mut obj, None, opts.dry_run)
+            .map_err(|c| ApiError::invalid(res.group, res.kind, &name, &c))?;
         if opts.dry_run {
             if ctx.store.get(&key).await?.is_some() {
                 return Err(ApiError::already_exists(res.group, res.plural, &name));
@@ -793,14 +983,20 @@ async fn create_prepared(
             }
             return Ok(obj);
         }
-        let kv = ctx.store.create(&key, to_stored(&obj)).await.map_err(|e| store_err(res, &name, e))?;
+        let kv = ctx
+            .store
+            .create(&key, to_stored(&obj))
+            .await
+            .map_err(|e| store_err(res, &name, e))?;
         Ok(with_rv(obj, kv.mod_revision))
     }
 }
 
 fn store_err(res: &Resource, name: &str, e: skiff_store::Error) -> ApiError {
     match e {
-        skiff_store::Error::AlreadyExists(_) => ApiError::already_exists(res.group, res.plural, name),
+        skiff_store::Error::AlreadyExists(_) => {
+            ApiError::already_exists(res.group, res.plural, name)
+        }
         skiff_store::Error::Conflict { .. } => ApiError::stale(res.group, res.plural, name),
         skiff_store::Error::NotFound(_) => ApiError::not_found(res.group, res.plural, name),
         other => ApiError::from(other),
@@ -874,7 +1070,14 @@ async fn finish_update(
     {
         let om = meta(&old).clone();
         let m = meta_mut(&mut new);
-        for k in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             match om.get(k) {
                 Some(v) => {
                     m.insert(k.into(), v.clone());
@@ -888,14 +1091,20 @@ async fn finish_update(
         m.remove("selfLink");
     }
     if res.group.is_empty() && res.kind == "Namespace" {
-        let labels = meta_mut(&mut new).entry("labels").or_insert_with(|| json!({}));
+        let labels = meta_mut(&mut new)
+            .entry("labels")
+            .or_insert_with(|| json!({}));
         if labels.is_object() {
             labels["kubernetes.io/metadata.name"] = json!(name);
         }
     }
     defaults::apply_defaults(res.gk(), &mut new);
     let old_gen = meta(&old)["generation"].as_i64().unwrap_or(1);
-    let gen = if spec_part(&new) != spec_part(&old) { old_gen + 1 } else { old_gen };
+    let gen = if spec_part(&new) != spec_part(&old) {
+        old_gen + 1
+    } else {
+        old_gen
+    };
     meta_mut(&mut new).insert("generation".into(), json!(gen));
     validate(res, &new, Some(&old))?;
     if !ssa {
@@ -903,10 +1112,17 @@ async fn finish_update(
     }
     let key = res.key(ns, name);
     let deleting = meta(&new)["deletionTimestamp"].is_string()
-        && meta(&new)["finalizers"].as_array().is_none_or(|f| f.is_empty());
-    let mut alloc_guard = if is_service(res) { Some(ctx.alloc.lock().await) } else { None };
+        && meta(&new)["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
+    let mut alloc_guard = if is_service(res) {
+        Some(ctx.alloc.lock().await)
+    } else {
+        None
+    };
     if let Some(a) = alloc_guard.as_mut() {
-        a.allocate(&mut new, Some(&old), opts.dry_run).map_err(|c| ApiError::invalid(res.group, res.kind, name, &c))?;
+        a.allocate(&mut new, Some(&old), opts.dry_run)
+            .map_err(|c| ApiError::invalid(res.group, res.kind, name, &c))?;
     }
     if strip_volatile(&new) == strip_volatile(&old) && !deleting {
         // No-op update: nothing written, resourceVersion unchanged (as upstream).
@@ -923,11 +1139,17 @@ async fn finish_update(
                 }
                 Ok(UpdateOutcome::Written(with_rv(new, kv.mod_revision)))
             }
-            Err(skiff_store::Error::Conflict { .. }) | Err(skiff_store::Error::NotFound(_)) => Ok(UpdateOutcome::Stale),
+            Err(skiff_store::Error::Conflict { .. }) | Err(skiff_store::Error::NotFound(_)) => {
+                Ok(UpdateOutcome::Stale)
+            }
             Err(e) => Err(store_err(res, name, e)),
         };
     }
-    match ctx.store.update(&key, to_stored(&new), cur.mod_revision).await {
+    match ctx
+        .store
+        .update(&key, to_stored(&new), cur.mod_revision)
+        .await
+    {
         Ok(kv) => {
             if let Some(a) = alloc_guard.as_mut() {
                 a.release_diff(&held_by(&old), &held_by(&new));
@@ -941,7 +1163,9 @@ async fn finish_update(
             }
             match e {
                 skiff_store::Error::Conflict { .. } => Ok(UpdateOutcome::Stale),
-                skiff_store::Error::NotFound(_) => Err(ApiError::not_found(res.group, res.plural, name)),
+                skiff_store::Error::NotFound(_) => {
+                    Err(ApiError::not_found(res.group, res.plural, name))
+                }
                 other => Err(store_err(res, name, other)),
             }
         }
@@ -960,11 +1184,16 @@ async fn put(
     let opts = WriteOpts::from_query(q, "unknown")?;
     if sub == Some("scale") {
         let cur = get_kv(ctx, res, ns, name).await?;
-        let rv = meta(&obj)["resourceVersion"].as_str().unwrap_or("").to_string();
+        let rv = meta(&obj)["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         if !rv.is_empty() && rv != cur.mod_revision.to_string() {
             return Err(ApiError::stale(res.group, res.plural, name));
         }
-        return scale_write(ctx, res, ns, name, cur, &obj, &opts).await.map(|v| (v, 200, Vec::new()));
+        return scale_write(ctx, res, ns, name, cur, &obj, &opts)
+            .await
+            .map(|v| (v, 200, Vec::new()));
     }
     check_type(res, &mut obj)?;
     let warnings = check_fields(res, &obj, &opts)?;
@@ -975,7 +1204,10 @@ async fn put(
         )));
     }
     let cur = get_kv(ctx, res, ns, name).await?;
-    let rv = meta(&obj)["resourceVersion"].as_str().unwrap_or("").to_string();
+    let rv = meta(&obj)["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     if !rv.is_empty() && rv != cur.mod_revision.to_string() {
         return Err(ApiError::stale(res.group, res.plural, name));
     }
@@ -989,7 +1221,12 @@ fn to_scale(v: &Value) -> Value {
     let m = meta(v);
     let selector = v["spec"]["selector"]["matchLabels"]
         .as_object()
-        .map(|ml| ml.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|ml| {
+            ml.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     json!({
         "kind": "Scale",
@@ -1033,19 +1270,26 @@ async fn patch_obj(
     body: &[u8],
 ) -> ApiResult<(Value, u16, Vec<String>)> {
     let mt = media_type(h);
-    let default_manager = if mt == "application/apply-patch+yaml" { "" } else { "unknown" };
+    let default_manager = if mt == "application/apply-patch+yaml" {
+        ""
+    } else {
+        "unknown"
+    };
     let opts = WriteOpts::from_query(q, default_manager)?;
     let patch_doc: Value = match mt.as_str() {
-        "application/json-patch+json" | "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
-        }
+        "application/json-patch+json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
         "application/apply-patch+yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     let ssa = mt == "application/apply-patch+yaml";
     if ssa && opts.manager.is_empty() {
-        return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml requires fieldManager to be set"));
+        return Err(ApiError::bad_request(
+            "PATCH, application/apply-patch+yaml requires fieldManager to be set",
+        ));
     }
     let force = qbool(q, "force");
     let gk = res.gk();
@@ -1064,7 +1308,8 @@ async fn patch_obj(
                         "the name of the object ({body_name}) does not match the name on the URL ({name})"
                     )));
                 }
-                let obj = apply::server_side_apply(gk, None, &applied, &opts.manager, force, &now).map_err(apply_err(res, name))?;
+                let obj = apply::server_side_apply(gk, None, &applied, &opts.manager, force, &now)
+                    .map_err(apply_err(res, name))?;
                 let v = create_prepared(ctx, res, ns, obj, &opts, Some(())).await?;
                 return Ok((v, 201, warnings));
             }
@@ -1073,7 +1318,15 @@ async fn patch_obj(
         let live = from_kv(&cur)?;
         if sub == Some("scale") {
             let scale = to_scale(&live);
-            let patched = apply_patch_doc(&mt, GroupKind { group: "autoscaling", kind: "Scale" }, &scale, &patch_doc)?;
+            let patched = apply_patch_doc(
+                &mt,
+                GroupKind {
+                    group: "autoscaling",
+                    kind: "Scale",
+                },
+                &scale,
+                &patch_doc,
+            )?;
             let v = scale_write(ctx, res, ns, name, cur, &patched, &opts).await?;
             return Ok((v, 200, warnings));
         }
@@ -1081,13 +1334,17 @@ async fn patch_obj(
             let mut applied = patch_doc.clone();
             check_type(res, &mut applied)?;
             warnings = check_fields(res, &applied, &opts)?;
-            apply::server_side_apply(gk, Some(&live), &applied, &opts.manager, force, &now).map_err(apply_err(res, name))?
+            apply::server_side_apply(gk, Some(&live), &applied, &opts.manager, force, &now)
+                .map_err(apply_err(res, name))?
         } else {
             let new = apply_patch_doc(&mt, gk, &live, &patch_doc)?;
             warnings = check_fields(res, &new, &opts)?;
             new
         };
-        let pinned = meta(&new)["resourceVersion"].as_str().unwrap_or("").to_string();
+        let pinned = meta(&new)["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         if !pinned.is_empty() && pinned != cur.mod_revision.to_string() {
             return Err(ApiError::stale(res.group, res.plural, name));
         }
@@ -1115,18 +1372,27 @@ fn apply_patch_doc(mt: &str, gk: GroupKind<'_>, live: &Value, doc: &Value) -> Ap
 fn apply_err<'a>(res: &'a Resource, name: &'a str) -> impl Fn(apply::ApplyError) -> ApiError + 'a {
     move |e| match e {
         apply::ApplyError::Conflicts(cs) => {
-            let lines: Vec<String> = cs.iter().map(|c| format!("conflict with \"{}\": {}", c.manager, c.field)).collect();
+            let lines: Vec<String> = cs
+                .iter()
+                .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
+                .collect();
             let msg = if cs.len() == 1 {
                 format!("Apply failed with 1 conflict: {}", lines.join(""))
             } else {
-                format!("Apply failed with {} conflicts: {}", cs.len(), lines.join("\n"))
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    cs.len(),
+                    lines.join("\n")
+                )
             };
             let causes: Vec<Value> = cs
                 .iter()
                 .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
                 .collect();
             let mut e = ApiError::new(409, "Conflict", msg);
-            e.details = Some(json!({"name": name, "group": res.group, "kind": res.plural, "causes": causes}));
+            e.details = Some(
+                json!({"name": name, "group": res.group, "kind": res.plural, "causes": causes}),
+            );
             e
         }
         apply::ApplyError::Invalid(m) => ApiError::bad_request(m),
@@ -1158,7 +1424,8 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
     let mut o: DeleteOptions = if body.iter().all(|b| b.is_ascii_whitespace()) {
         DeleteOptions::default()
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
     };
     if q.get("dryRun").is_some_and(|v| v == "All") {
         o.dry_run.push("All".into());
@@ -1171,16 +1438,33 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
 
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
-async fn delete(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, name: &str, q: &Query, body: &[u8]) -> ApiResult<Value> {
+async fn delete(
+    ctx: &Ctx,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    q: &Query,
+    body: &[u8],
+) -> ApiResult<Value> {
     let opts = delete_options(q, body)?;
     delete_one(ctx, res, ns, name, &opts).await
 }
 
-async fn delete_one(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Value> {
+async fn delete_one(
+    ctx: &Ctx,
+    res: &'static Resource,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> ApiResult<Value> {
     let dry = opts.dry_run.iter().any(|d| d == "All");
     let is_ns = res.group.is_empty() && res.kind == "Namespace";
     if is_ns && PROTECTED_NAMESPACES.contains(&name) {
-        return Err(ApiError::new(403, "Forbidden", format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        ));
     }
     for _ in 0..8 {
         let cur = get_kv(ctx, res, ns, name).await?;
@@ -1188,7 +1472,14 @@ async fn delete_one(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, name: &
         if let Some(p) = &opts.preconditions {
             let uid = meta(&obj)["uid"].as_str().unwrap_or("");
             if let Some(u) = p.uid.as_deref().filter(|u| *u != uid) {
-                return Err(ApiError::conflict(res.group, res.plural, name, &format!("Precondition failed: UID in precondition: {u}, UID in object meta: {uid}")));
+                return Err(ApiError::conflict(
+                    res.group,
+                    res.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {u}, UID in object meta: {uid}"
+                    ),
+                ));
             }
             let rv = cur.mod_revision.to_string();
             if let Some(r) = p.resource_version.as_deref().filter(|r| *r != rv) {
@@ -1198,11 +1489,15 @@ async fn delete_one(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, name: &
         if dry {
             return Ok(obj);
         }
-        let has_finalizers = meta(&obj)["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let has_finalizers = meta(&obj)["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
         // Pods bound to a node terminate gracefully: the kubelet deletes them (grace 0) once stopped.
         let graceful_pod = res.group.is_empty()
             && res.kind == "Pod"
-            && obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+            && obj["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
             && opts.grace_period_seconds != Some(0);
         let already_terminating = meta(&obj)["deletionTimestamp"].is_string();
         if has_finalizers || (graceful_pod && !already_terminating) {
@@ -1214,12 +1509,24 @@ async fn delete_one(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, name: &
                 .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
                 .unwrap_or(if graceful_pod { 30 } else { 0 });
             let mut new = obj.clone();
-            let when = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(if has_finalizers && !graceful_pod { 0 } else { grace });
+            let when = jiff::Timestamp::now()
+                + jiff::SignedDuration::from_secs(if has_finalizers && !graceful_pod {
+                    0
+                } else {
+                    grace
+                });
             let m = meta_mut(&mut new);
-            m.insert("deletionTimestamp".into(), json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            m.insert(
+                "deletionTimestamp".into(),
+                json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            );
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
             m.remove("resourceVersion");
-            match ctx.store.update(&res.key(ns, name), to_stored(&new), cur.mod_revision).await {
+            match ctx
+                .store
+                .update(&res.key(ns, name), to_stored(&new), cur.mod_revision)
+                .await
+            {
                 Ok(kv) => return Ok(with_rv(new, kv.mod_revision)),
                 Err(skiff_store::Error::Conflict { .. }) => continue,
                 Err(e) => return Err(store_err(res, name, e)),
@@ -1228,8 +1535,16 @@ async fn delete_one(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, name: &
         if is_ns {
             delete_namespace_contents(ctx, name).await?;
         }
-        let guard = if is_service(res) { Some(ctx.alloc.lock().await) } else { None };
-        match ctx.store.delete(&res.key(ns, name), Some(cur.mod_revision)).await {
+        let guard = if is_service(res) {
+            Some(ctx.alloc.lock().await)
+        } else {
+            None
+        };
+        match ctx
+            .store
+            .delete(&res.key(ns, name), Some(cur.mod_revision))
+            .await
+        {
             Ok(kv) => {
                 if let Some(mut a) = guard {
                     a.release(&held_by(&obj));
@@ -1246,12 +1561,21 @@ async fn delete_one(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, name: &
 /// What upstream's namespace controller does, done synchronously: remove every namespaced object in it.
 async fn delete_namespace_contents(ctx: &Ctx, ns: &str) -> ApiResult<()> {
     for r in registry::RESOURCES.iter().filter(|r| r.namespaced) {
-        let items = ctx.store.list(&r.ns_prefix(Some(ns)), ListOptions::default()).await?;
+        let items = ctx
+            .store
+            .list(&r.ns_prefix(Some(ns)), ListOptions::default())
+            .await?;
         for kv in items.items {
-            let guard = if is_service(r) { Some(ctx.alloc.lock().await) } else { None };
+            let guard = if is_service(r) {
+                Some(ctx.alloc.lock().await)
+            } else {
+                None
+            };
             match ctx.store.delete(&kv.key, None).await {
                 Ok(_) => {
-                    if let (Some(mut a), Ok(v)) = (guard, serde_json::from_slice::<Value>(&kv.value)) {
+                    if let (Some(mut a), Ok(v)) =
+                        (guard, serde_json::from_slice::<Value>(&kv.value))
+                    {
                         a.release(&held_by(&v));
                     }
                 }
@@ -1263,7 +1587,13 @@ async fn delete_namespace_contents(ctx: &Ctx, ns: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn delete_collection(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, q: &Query, body: &[u8]) -> ApiResult<Response<Body>> {
+async fn delete_collection(
+    ctx: &Ctx,
+    res: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+    body: &[u8],
+) -> ApiResult<Response<Body>> {
     let opts = delete_options(q, body)?;
     let filters = Filters::from_query(q)?;
     let (items, rev, _, _) = list_filtered(ctx, &res.ns_prefix(ns), &filters, None, 0).await?;
@@ -1277,7 +1607,10 @@ async fn delete_collection(ctx: &Ctx, res: &'static Resource, ns: Option<&str>, 
             Err(e) => return Err(e),
         }
     }
-    Ok(json_resp(200, &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted})))
+    Ok(json_resp(
+        200,
+        &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted}),
+    ))
 }
 
 // ---------- watch ----------
@@ -1293,7 +1626,10 @@ async fn watch(
     let filters = Filters::from_query(q)?;
     let table = wants_table(h);
     let bookmarks = qbool(q, "allowWatchBookmarks");
-    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).filter(|t| *t > 0);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0);
     let rv = q.get("resourceVersion").cloned().unwrap_or_default();
     let send_initial = q.get("sendInitialEvents").map(|v| v == "true");
     let prefix = match name {
@@ -1317,15 +1653,22 @@ async fn watch(
                 initial.push(v);
             }
         }
-        start_rev = if rv.is_empty() || rv == "0" { l.revision } else { rv.parse().unwrap_or(l.revision).max(l.revision) };
+        start_rev = if rv.is_empty() || rv == "0" {
+            l.revision
+        } else {
+            rv.parse().unwrap_or(l.revision).max(l.revision)
+        };
     } else {
-        start_rev = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+        start_rev = rv
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
     }
     let mut w = match ctx.store.watch(&prefix, start_rev).await {
         Ok(w) => Some(w),
         Err(skiff_store::Error::TooOld { requested, oldest }) => {
             // Upstream replies 200 with one ERROR event carrying a 410 Status.
-            let st = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_json();
+            let st = ApiError::gone(format!("too old resource version: {requested} ({oldest})"))
+                .to_json();
             let _ = tx.try_send(event_line("ERROR", &st));
             None
         }
@@ -1362,7 +1705,8 @@ async fn watch(
         tick.tick().await;
         let mut last_rev = start_rev;
         loop {
-            let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24));
+            let sleep_until = deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24));
             tokio::select! {
                 ev = w.recv() => {
                     let Some(Ok(ev)) = ev else { return };
@@ -1387,7 +1731,9 @@ async fn watch(
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     let mut r = Response::new(StreamBody::new(stream).boxed());
     let ct = if table { TABLE_CT } else { "application/json" };
@@ -1404,7 +1750,11 @@ fn event_line(ty: &str, obj: &Value) -> Bytes {
 }
 
 /// Map a store event to a watch event under the selectors: leaving the selection is DELETED, entering ADDED.
-fn convert_event(ev: &skiff_store::Event, filters: &Filters, mut enc: impl FnMut(&str, Value) -> Bytes) -> Option<Bytes> {
+fn convert_event(
+    ev: &skiff_store::Event,
+    filters: &Filters,
+    mut enc: impl FnMut(&str, Value) -> Bytes,
+) -> Option<Bytes> {
     let new = from_kv(&ev.kv).ok()?;
     let prev = ev.prev.as_ref().and_then(|p| from_kv(p).ok());
     match ev.kind {
@@ -1432,31 +1782,60 @@ fn convert_event(ev: &skiff_store::Event, filters: &Filters, mut enc: impl FnMut
 /// (pointing at the advertise address); refresh the endpoints on every start.
 pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
     let berr = |e: ApiError| Error::Bootstrap(e.message);
-    let opts = WriteOpts { dry_run: false, manager: "skiff-apiserver".into(), validation: "Ignore".into() };
-    let nsr = registry::find("", "v1", "namespaces").ok_or_else(|| Error::Bootstrap("namespaces".into()))?;
+    let opts = WriteOpts {
+        dry_run: false,
+        manager: "skiff-apiserver".into(),
+        validation: "Ignore".into(),
+    };
+    let nsr = registry::find("", "v1", "namespaces")
+        .ok_or_else(|| Error::Bootstrap("namespaces".into()))?;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if ctx.store.get(&nsr.key(None, ns)).await?.is_none() {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-            create_prepared(ctx, nsr, None, obj, &opts, None).await.map_err(berr)?;
+            create_prepared(ctx, nsr, None, obj, &opts, None)
+                .await
+                .map_err(berr)?;
         }
     }
-    let svcr = registry::find("", "v1", "services").ok_or_else(|| Error::Bootstrap("services".into()))?;
+    let svcr =
+        registry::find("", "v1", "services").ok_or_else(|| Error::Bootstrap("services".into()))?;
     let first_ip = ctx.alloc.lock().await.first_ip().to_string();
-    if ctx.store.get(&svcr.key(Some("default"), "kubernetes")).await?.is_none() {
+    if ctx
+        .store
+        .get(&svcr.key(Some("default"), "kubernetes"))
+        .await?
+        .is_none()
+    {
         let obj = json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"type": "ClusterIP", "clusterIP": first_ip, "sessionAffinity": "None",
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": ctx.port}]},
         });
-        create_prepared(ctx, svcr, Some("default"), obj, &opts, None).await.map_err(berr)?;
+        create_prepared(ctx, svcr, Some("default"), obj, &opts, None)
+            .await
+            .map_err(berr)?;
     } else {
         // Keep the targetPort in step with the port actually served.
-        let cur = get_kv(ctx, svcr, Some("default"), "kubernetes").await.map_err(berr)?;
+        let cur = get_kv(ctx, svcr, Some("default"), "kubernetes")
+            .await
+            .map_err(berr)?;
         let mut v = from_kv(&cur).map_err(berr)?;
         if v["spec"]["ports"][0]["targetPort"] != json!(ctx.port) {
             v["spec"]["ports"][0]["targetPort"] = json!(ctx.port);
-            finish_update(ctx, svcr, Some("default"), "kubernetes", &cur, v, None, &opts, false).await.map_err(berr)?;
+            finish_update(
+                ctx,
+                svcr,
+                Some("default"),
+                "kubernetes",
+                &cur,
+                v,
+                None,
+                &opts,
+                false,
+            )
+            .await
+            .map_err(berr)?;
         }
     }
     let ip = ctx.advertise.to_string();
@@ -1472,11 +1851,17 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
         "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],
         "ports": [{"name": "https", "port": ctx.port, "protocol": "TCP"}],
     });
-    for (plural, group, obj) in [("endpoints", "", ep), ("endpointslices", "discovery.k8s.io", slice)] {
-        let r = registry::find(group, "v1", plural).ok_or_else(|| Error::Bootstrap(plural.into()))?;
+    for (plural, group, obj) in [
+        ("endpoints", "", ep),
+        ("endpointslices", "discovery.k8s.io", slice),
+    ] {
+        let r =
+            registry::find(group, "v1", plural).ok_or_else(|| Error::Bootstrap(plural.into()))?;
         match ctx.store.get(&r.key(Some("default"), "kubernetes")).await? {
             None => {
-                create_prepared(ctx, r, Some("default"), obj, &opts, None).await.map_err(berr)?;
+                create_prepared(ctx, r, Some("default"), obj, &opts, None)
+                    .await
+                    .map_err(berr)?;
             }
             Some(cur) => {
                 let mut new = from_kv(&cur).map_err(berr)?;
@@ -1485,7 +1870,19 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
                         new[k] = x.clone();
                     }
                 }
-                finish_update(ctx, r, Some("default"), "kubernetes", &cur, new, None, &opts, false).await.map_err(berr)?;
+                finish_update(
+                    ctx,
+                    r,
+                    Some("default"),
+                    "kubernetes",
+                    &cur,
+                    new,
+                    None,
+                    &opts,
+                    false,
+                )
+                .await
+                .map_err(berr)?;
             }
         }
     }
@@ -1498,7 +1895,9 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let q = parse_query(Some("labelSelector=app%3Dweb%2Ctier+in+%28a%29&limit=500&dryRun=All"));
+        let q = parse_query(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+%28a%29&limit=500&dryRun=All",
+        ));
         assert_eq!(q["labelSelector"], "app=web,tier in (a)");
         assert_eq!(q["limit"], "500");
         assert_eq!(percent_decode("a%2"), "a%2");

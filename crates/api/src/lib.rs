@@ -23,7 +23,10 @@ pub enum Error {
     #[error("store: {0}")]
     Store(#[from] skiff_store::Error),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("certificates: {0}")]
     Pki(String),
     #[error("invalid configuration: {0}")]
@@ -81,18 +84,23 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn from_options(o: &Options) -> Result<Self, Error> {
-        let (a, b) = o
-            .node_port_range
-            .split_once('-')
-            .ok_or_else(|| Error::Config(format!("--node-port-range {:?}: want FIRST-LAST", o.node_port_range)))?;
+        let (a, b) = o.node_port_range.split_once('-').ok_or_else(|| {
+            Error::Config(format!(
+                "--node-port-range {:?}: want FIRST-LAST",
+                o.node_port_range
+            ))
+        })?;
         let parse = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .map_err(|e| Error::Config(format!("--node-port-range {:?}: {e}", o.node_port_range)))
+            s.trim().parse::<u16>().map_err(|e| {
+                Error::Config(format!("--node-port-range {:?}: {e}", o.node_port_range))
+            })
         };
         let (a, b) = (parse(a)?, parse(b)?);
         if a > b {
-            return Err(Error::Config(format!("--node-port-range {:?}: empty", o.node_port_range)));
+            return Err(Error::Config(format!(
+                "--node-port-range {:?}: empty",
+                o.node_port_range
+            )));
         }
         let advertise = o.advertise_address.unwrap_or_else(|| {
             if o.listen.ip().is_unspecified() {
@@ -155,10 +163,14 @@ impl Drop for ApiServer {
 
 /// Start the API server: open the store, bootstrap, write certificates and kubeconfigs, listen.
 pub async fn serve(config: ServerConfig) -> Result<ApiServer, Error> {
-    std::fs::create_dir_all(&config.data_dir).map_err(io_err(format!("creating {}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
     let store = skiff_store::RedbStore::open(
         &config.data_dir.join("store.redb"),
-        skiff_store::RedbOptions { history_window: config.history_window, ..Default::default() },
+        skiff_store::RedbOptions {
+            history_window: config.history_window,
+            ..Default::default()
+        },
     )?;
     let store: Arc<dyn skiff_store::Store> = Arc::new(store);
     let token = match &config.token {
@@ -176,24 +188,53 @@ pub async fn serve(config: ServerConfig) -> Result<ApiServer, Error> {
     };
     let scheme = if config.tls { "https" } else { "http" };
     let url = format!("{scheme}://{}", SocketAddr::new(host_ip, local_addr.port()));
-    let internal_url = format!("{scheme}://{}", SocketAddr::new(config.advertise_address, local_addr.port()));
+    let internal_url = format!(
+        "{scheme}://{}",
+        SocketAddr::new(config.advertise_address, local_addr.port())
+    );
 
     let (acceptor, ca_pem) = if config.tls {
-        let (server_config, ca_pem) = pki::tls_config(&config.data_dir, config.advertise_address, &config.service_cidr)?;
-        (Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config))), Some(ca_pem))
+        let (server_config, ca_pem) = pki::tls_config(
+            &config.data_dir,
+            config.advertise_address,
+            &config.service_cidr,
+        )?;
+        (
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_config))),
+            Some(ca_pem),
+        )
     } else {
         (None, None)
     };
     let kubeconfig_path = config.data_dir.join("kubeconfig");
     let internal_kubeconfig_path = config.data_dir.join("kubeconfig.internal");
     pki::write_kubeconfig(&kubeconfig_path, &url, ca_pem.as_deref(), &token)?;
-    pki::write_kubeconfig(&internal_kubeconfig_path, &internal_url, ca_pem.as_deref(), &token)?;
+    pki::write_kubeconfig(
+        &internal_kubeconfig_path,
+        &internal_url,
+        ca_pem.as_deref(),
+        &token,
+    )?;
 
     let ctx = handlers::Ctx::new(store, token.clone(), &config, local_addr.port()).await?;
     handlers::bootstrap(&ctx).await?;
     tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server listening");
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let task = tokio::spawn(handlers::accept_loop(listener, acceptor, ctx, shutdown.clone()));
-    Ok(ApiServer { url, local_addr, kubeconfig_path, internal_kubeconfig_path, token, ca_pem, task: Some(task), shutdown })
+    let task = tokio::spawn(handlers::accept_loop(
+        listener,
+        acceptor,
+        ctx,
+        shutdown.clone(),
+    ));
+    Ok(ApiServer {
+        url,
+        local_addr,
+        kubeconfig_path,
+        internal_kubeconfig_path,
+        token,
+        ca_pem,
+        task: Some(task),
+        shutdown,
+    })
 }

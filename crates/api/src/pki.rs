@@ -4,8 +4,8 @@ use crate::{io_err, Error};
 use base64::Engine;
 use ipnet::Ipv4Net;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -25,8 +25,10 @@ fn write_private(path: &Path, data: &str) -> Result<(), Error> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err(format!("writing {}", tmp.display())))?;
-    f.write_all(data.as_bytes()).map_err(io_err(format!("writing {}", tmp.display())))?;
-    f.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
+    f.write_all(data.as_bytes())
+        .map_err(io_err(format!("writing {}", tmp.display())))?;
+    f.sync_all()
+        .map_err(io_err(format!("syncing {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io_err(format!("renaming to {}", path.display())))
 }
 
@@ -50,17 +52,28 @@ fn ca_params() -> Result<CertificateParams, Error> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "skiff-ca");
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_after = rcgen::date_time_ymd(2046, 1, 1);
     Ok(params)
 }
 
 /// Load (or create on first start) the CA; issue a fresh serving certificate for the current addresses.
-pub fn tls_config(dir: &Path, advertise: IpAddr, cidr: &Ipv4Net) -> Result<(rustls::ServerConfig, String), Error> {
+pub fn tls_config(
+    dir: &Path,
+    advertise: IpAddr,
+    cidr: &Ipv4Net,
+) -> Result<(rustls::ServerConfig, String), Error> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(io_err(format!("creating {}", pki.display())))?;
     let (ca_crt, ca_key) = (pki.join("ca.crt"), pki.join("ca.key"));
-    let (ca_pem, ca_key_pem) = match (std::fs::read_to_string(&ca_crt), std::fs::read_to_string(&ca_key)) {
+    let (ca_pem, ca_key_pem) = match (
+        std::fs::read_to_string(&ca_crt),
+        std::fs::read_to_string(&ca_key),
+    ) {
         (Ok(c), Ok(k)) => (c, k),
         _ => {
             let key = KeyPair::generate().map_err(pki_err)?;
@@ -84,11 +97,21 @@ pub fn tls_config(dir: &Path, advertise: IpAddr, cidr: &Ipv4Net) -> Result<(rust
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_after = rcgen::date_time_ymd(2046, 1, 1);
     let mut sans = Vec::new();
-    for n in ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"] {
+    for n in [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+    ] {
         sans.push(SanType::DnsName(n.try_into().map_err(pki_err)?));
     }
     let first_service_ip = Ipv4Addr::from(u32::from(cidr.network()) + 1);
-    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), advertise, IpAddr::V4(first_service_ip)];
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        advertise,
+        IpAddr::V4(first_service_ip),
+    ];
     ips.dedup();
     for ip in ips {
         sans.push(SanType::IpAddress(ip));
@@ -99,7 +122,8 @@ pub fn tls_config(dir: &Path, advertise: IpAddr, cidr: &Ipv4Net) -> Result<(rust
     write_private(&pki.join("apiserver.key"), &key.serialize_pem())?;
 
     let chain = vec![cert.der().clone()];
-    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(pki_err)?;
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(pki_err)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -111,7 +135,12 @@ pub fn tls_config(dir: &Path, advertise: IpAddr, cidr: &Ipv4Net) -> Result<(rust
     Ok((cfg, ca_pem))
 }
 
-pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: Option<&str>, token: &str) -> Result<(), Error> {
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: Option<&str>,
+    token: &str,
+) -> Result<(), Error> {
     let ca = match ca_pem {
         Some(pem) => format!(
             "    certificate-authority-data: {}\n",

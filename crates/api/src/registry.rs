@@ -23,7 +23,10 @@ pub struct Resource {
 
 impl Resource {
     pub fn gk(&self) -> GroupKind<'static> {
-        GroupKind { group: self.group, kind: self.kind }
+        GroupKind {
+            group: self.group,
+            kind: self.kind,
+        }
     }
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -37,7 +40,11 @@ impl Resource {
     }
     /// Store key prefix of all objects of this resource (all namespaces).
     pub fn prefix(&self) -> String {
-        let g = if self.group.is_empty() { "core" } else { self.group };
+        let g = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         format!("/registry/{g}/{}/", self.plural)
     }
     /// Store key prefix of this resource in one namespace (or all when None / cluster-scoped).
@@ -85,26 +92,161 @@ macro_rules! r {
 }
 
 pub static RESOURCES: &[Resource] = &[
-    r!("", "Namespace", "namespaces", "namespace", false, &["ns"], &[], S),
+    r!(
+        "",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        &[],
+        S
+    ),
     r!("", "Pod", "pods", "pod", true, &["po"], ALL, S),
     r!("", "Service", "services", "service", true, &["svc"], ALL, S),
-    r!("", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], NONE),
+    r!(
+        "",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        &[],
+        NONE
+    ),
     r!("", "Node", "nodes", "node", false, &["no"], &[], S),
     r!("", "Event", "events", "event", true, &["ev"], &[], NONE),
-    r!("", "ConfigMap", "configmaps", "configmap", true, &["cm"], &[], NONE),
+    r!(
+        "",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        &[],
+        NONE
+    ),
     r!("", "Secret", "secrets", "secret", true, &[], &[], NONE),
-    r!("", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &[], NONE),
-    r!("discovery.k8s.io", "EndpointSlice", "endpointslices", "endpointslice", true, &[], &[], NONE),
-    r!("apps", "Deployment", "deployments", "deployment", true, &["deploy"], ALL, SS),
-    r!("apps", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], ALL, SS),
-    r!("apps", "StatefulSet", "statefulsets", "statefulset", true, &["sts"], ALL, SS),
-    r!("apps", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], ALL, S),
-    r!("apps", "ControllerRevision", "controllerrevisions", "controllerrevision", true, &[], &[], NONE),
-    r!("networking.k8s.io", "NetworkPolicy", "networkpolicies", "networkpolicy", true, &["netpol"], &[], NONE),
-    r!("networking.k8s.io", "Ingress", "ingresses", "ingress", true, &["ing"], &[], S),
-    r!("networking.k8s.io", "IngressClass", "ingressclasses", "ingressclass", false, &[], &[], NONE),
-    r!("coordination.k8s.io", "Lease", "leases", "lease", true, &[], &[], NONE),
-    r!("events.k8s.io", "Event", "events", "event", true, &["ev"], &[], NONE),
+    r!(
+        "",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        &[],
+        NONE
+    ),
+    r!(
+        "discovery.k8s.io",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+        &[],
+        NONE
+    ),
+    r!(
+        "apps",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        ALL,
+        SS
+    ),
+    r!(
+        "apps",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        ALL,
+        SS
+    ),
+    r!(
+        "apps",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        &["sts"],
+        ALL,
+        SS
+    ),
+    r!(
+        "apps",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+        ALL,
+        S
+    ),
+    r!(
+        "apps",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+        &[],
+        &[],
+        NONE
+    ),
+    r!(
+        "networking.k8s.io",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        &["netpol"],
+        &[],
+        NONE
+    ),
+    r!(
+        "networking.k8s.io",
+        "Ingress",
+        "ingresses",
+        "ingress",
+        true,
+        &["ing"],
+        &[],
+        S
+    ),
+    r!(
+        "networking.k8s.io",
+        "IngressClass",
+        "ingressclasses",
+        "ingressclass",
+        false,
+        &[],
+        &[],
+        NONE
+    ),
+    r!(
+        "coordination.k8s.io",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        &[],
+        NONE
+    ),
+    r!(
+        "events.k8s.io",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        NONE
+    ),
 ];
 
 /// Group versions in discovery order (core first).
@@ -119,9 +261,16 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
 }
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
-pub fn in_group_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static Resource> + 'a {
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+pub fn in_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }

@@ -31,12 +31,17 @@ impl TestServer {
         let dir = tempfile::Builder::new()
             .prefix("skiff-api-test-")
             .tempdir()
-            .map_err(|source| Error::Io { what: "creating temp dir".into(), source })?;
+            .map_err(|source| Error::Io {
+                what: "creating temp dir".into(),
+                source,
+            })?;
         let mut cfg = ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             advertise_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            service_cidr: "10.96.0.0/12".parse().map_err(|e| Error::Config(format!("{e}")))?,
+            service_cidr: "10.96.0.0/12"
+                .parse()
+                .map_err(|e| Error::Config(format!("{e}")))?,
             node_ports: 30000..=32767,
             tls: true,
             token: None,
@@ -58,7 +63,9 @@ impl TestServer {
     /// A kube-rs client for this server (from its kubeconfig).
     pub async fn client(&self) -> Result<kube::Client, kube::Error> {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig_path)?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
         kube::Client::try_from(config)
     }
 
