@@ -239,42 +239,46 @@ impl Layout {
             "server".into(),
             "--data-dir".into(),
             self.server_dir().display().to_string(),
-            "--bind-address".into(),
-            "0.0.0.0".into(),
-            "--secure-port".into(),
-            self.api_port.to_string(),
+            "--listen".into(),
+            format!("0.0.0.0:{}", self.api_port),
             "--advertise-address".into(),
             self.bridge_ip.to_string(),
-            "--service-cluster-ip-range".into(),
+            "--service-cidr".into(),
             self.service_cidr.to_string(),
             "--cluster-cidr".into(),
             self.cluster_cidr.to_string(),
-            "--lb-pool".into(),
+            "--load-balancer-pool".into(),
             self.lb_pool.clone(),
         ]
     }
 
     /// `skiff agent` arguments for one node (after the executable).
     pub fn agent_args(&self, node: &NodeLayout) -> Vec<String> {
+        let internal = self.internal_kubeconfig().display().to_string();
         vec![
             "agent".into(),
             "--kubeconfig".into(),
-            self.internal_kubeconfig().display().to_string(),
+            internal.clone(),
             "--node-name".into(),
             node.name.clone(),
             "--node-ip".into(),
             node.ip.to_string(),
-            "--state-dir".into(),
-            node.dir.join("state").display().to_string(),
+            "--data-dir".into(),
+            self.node_state_dir(node).display().to_string(),
             "--cni-conf-dir".into(),
             node.dir.join("cni/net.d").display().to_string(),
             "--cni-bin-dir".into(),
-            format!("{}:/usr/lib/cni", node.dir.join("cni/bin").display()),
-            "--netns-prefix".into(),
-            format!("{}-", node.netns),
-            "--overlay".into(),
-            self.overlay.as_str().into(),
+            node.dir.join("cni/bin").display().to_string(),
+            "--cni-bin-dir".into(),
+            "/usr/lib/cni".into(),
+            "--internal-kubeconfig".into(),
+            internal,
         ]
+    }
+
+    /// The agent's data dir (pod records live under `pods/<uid>/state.json`).
+    pub fn node_state_dir(&self, node: &NodeLayout) -> PathBuf {
+        node.dir.join("state")
     }
 }
 
@@ -327,17 +331,17 @@ mod tests {
         assert_eq!(l.api_url(), "https://172.30.0.1:6443");
         assert_eq!(
             l.server_args().join(" "),
-            "server --data-dir /var/lib/skiff/skiff/server --bind-address 0.0.0.0 --secure-port 6443 \
-             --advertise-address 172.30.0.1 --service-cluster-ip-range 10.96.0.0/12 --cluster-cidr 10.244.0.0/16 \
-             --lb-pool 172.30.0.200-172.30.0.250"
+            "server --data-dir /var/lib/skiff/skiff/server --listen 0.0.0.0:6443 \
+             --advertise-address 172.30.0.1 --service-cidr 10.96.0.0/12 --cluster-cidr 10.244.0.0/16 \
+             --load-balancer-pool 172.30.0.200-172.30.0.250"
         );
         assert_eq!(
             l.agent_args(&l.nodes[1]).join(" "),
             "agent --kubeconfig /var/lib/skiff/skiff/server/kubeconfig.internal --node-name node-2 \
-             --node-ip 172.30.0.3 --state-dir /var/lib/skiff/skiff/nodes/2/state \
+             --node-ip 172.30.0.3 --data-dir /var/lib/skiff/skiff/nodes/2/state \
              --cni-conf-dir /var/lib/skiff/skiff/nodes/2/cni/net.d \
-             --cni-bin-dir /var/lib/skiff/skiff/nodes/2/cni/bin:/usr/lib/cni \
-             --netns-prefix skiff-skiff-node-2- --overlay vxlan"
+             --cni-bin-dir /var/lib/skiff/skiff/nodes/2/cni/bin --cni-bin-dir /usr/lib/cni \
+             --internal-kubeconfig /var/lib/skiff/skiff/server/kubeconfig.internal"
         );
     }
 

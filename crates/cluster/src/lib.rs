@@ -277,7 +277,7 @@ pub async fn up(opts: &Options) -> Result<Cluster, Error> {
     }
 
     if opts.dns_replicas > 0 {
-        create_dns(&client, &layout, opts.dns_replicas).await?;
+        create_dns(&client, opts.dns_replicas).await?;
     }
 
     progress.step("waiting for nodes to be Ready");
@@ -416,9 +416,8 @@ where
     }
 }
 
-async fn create_dns(client: &kube::Client, layout: &Layout, replicas: i32) -> Result<(), Error> {
+async fn create_dns(client: &kube::Client, replicas: i32) -> Result<(), Error> {
     let ns = "kube-system";
-    let internal = layout.internal_kubeconfig().display().to_string();
     create_or_keep(
         &Api::<Service>::namespaced(client.clone(), ns),
         system::dns_service(defaults::KUBE_DNS_SERVICE_IP),
@@ -427,7 +426,7 @@ async fn create_dns(client: &kube::Client, layout: &Layout, replicas: i32) -> Re
     .await?;
     create_or_keep(
         &Api::<Deployment>::namespaced(client.clone(), ns),
-        system::dns_deployment(&internal, replicas),
+        system::dns_deployment(replicas),
         "deployment kube-system/skiff-dns",
     )
     .await
@@ -685,7 +684,8 @@ pub async fn down(opts: &DownOptions) -> Result<DownReport, Error> {
 
 async fn down_layout(layout: &Layout, remove_state: bool) -> Result<DownReport, Error> {
     let mut report = DownReport::default();
-    let namespaces = net::list_netns(&layout.netns_prefix());
+    let mut namespaces = net::list_netns(&layout.netns_prefix());
+    namespaces.extend(pod_namespaces(layout));
     let layout_c = layout.clone();
     let ns_c = namespaces.clone();
     // Scanning /proc and waiting for processes to exit blocks: keep it off the async workers.
@@ -717,6 +717,34 @@ async fn down_layout(layout: &Layout, remove_state: bool) -> Result<DownReport, 
         let _ = fs::remove_file(layout::registry_file(&layout.name));
     }
     Ok(report)
+}
+
+/// Pod network namespaces the agents recorded (`<agent data dir>/pods/<uid>/state.json`, field `netns`)
+/// that still exist: agents name them after the pod UID, not the cluster, so only their records tell.
+fn pod_namespaces(layout: &Layout) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in &layout.nodes {
+        let Ok(dir) = fs::read_dir(layout.node_state_dir(node).join("pods")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let Ok(text) = fs::read_to_string(e.path().join("state.json")) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if let Some(ns) = record.get("netns").and_then(|v| v.as_str()) {
+                // Only plain names under /run/netns: a record must not make us unmount anything else.
+                if !ns.contains('/') && !ns.is_empty() && net::netns_path(ns).exists() {
+                    out.push(ns.to_string());
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Agents and everything they started, every process left in one of our namespaces, then the server.

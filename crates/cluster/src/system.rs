@@ -11,9 +11,9 @@ pub const DEMO_MANIFESTS: &str = include_str!("../../../examples/demoapp.yaml");
 /// External IP of the demo's `demoapp-externalip-svc` (routed from the host to node-1 by `--demo`).
 pub const DEMO_EXTERNAL_IP: &str = "172.30.0.100";
 
-/// The cluster DNS Deployment. The `skiff/dns` image resolves to `skiff dns`; it reads the cluster through
-/// the internal kubeconfig (pods are processes of the host filesystem, so the path is valid inside them).
-pub fn dns_deployment(internal_kubeconfig: &str, replicas: i32) -> Value {
+/// The cluster DNS Deployment. The node agent's image catalog resolves `skiff/dns` to `skiff dns
+/// --kubeconfig <the agent's --internal-kubeconfig>`, so the container needs no arguments.
+pub fn dns_deployment(replicas: i32) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -33,7 +33,6 @@ pub fn dns_deployment(internal_kubeconfig: &str, replicas: i32) -> Value {
                     "containers": [{
                         "name": "dns",
                         "image": "skiff/dns",
-                        "args": ["--kubeconfig", internal_kubeconfig],
                         "ports": [
                             {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
@@ -122,20 +121,13 @@ mod tests {
     #[test]
     fn dns_objects_deserialize_into_typed_objects() {
         let d: k8s_openapi::api::apps::v1::Deployment =
-            serde_json::from_value(dns_deployment("/x/kubeconfig.internal", 2)).unwrap();
+            serde_json::from_value(dns_deployment(2)).unwrap();
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
         let c = &spec.template.spec.unwrap().containers[0];
         assert_eq!(c.image.as_deref(), Some("skiff/dns"));
-        assert_eq!(
-            c.args.as_deref(),
-            Some(
-                &[
-                    "--kubeconfig".to_string(),
-                    "/x/kubeconfig.internal".to_string()
-                ][..]
-            )
-        );
+        // The image catalog adds `--kubeconfig`; the Deployment must not repeat it.
+        assert_eq!(c.args, None);
         let s: k8s_openapi::api::core::v1::Service =
             serde_json::from_value(dns_service("10.96.0.10")).unwrap();
         let ports: Vec<String> = s
