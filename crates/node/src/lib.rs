@@ -10,7 +10,6 @@ pub mod dnsconf;
 pub mod envvars;
 pub mod status;
 
-pub mod cni;
 mod events;
 pub mod netns;
 pub mod node;
@@ -47,6 +46,9 @@ pub struct Options {
     /// Kubeconfig handed to system pods (e.g. DNS) that need API access.
     #[arg(long)]
     pub internal_kubeconfig: Option<PathBuf>,
+    /// MTU of pod interfaces in the network configuration the agent writes (1450 leaves room for VXLAN).
+    #[arg(long, default_value_t = 1450)]
+    pub pod_mtu: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +73,7 @@ pub(crate) struct Ctx {
     pub catalog: catalog::Catalog,
     pub host_resolv: dnsconf::ResolvConf,
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
-    pub cni: cni::Runtime,
+    pub cni: skiff_cni::runtime::CniRuntime,
     /// Origin of the monotonic offsets the back-off works with.
     pub origin: std::time::Instant,
 }
@@ -81,23 +83,37 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
-/// Write the network configuration when the conf dir has none (an existing one is the user's choice).
+/// Whether the conf dir holds a network configuration (any *.conflist, *.conf or *.json, as runtimes look).
+fn has_cni_config(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            matches!(
+                e.path().extension().and_then(|x| x.to_str()),
+                Some("conflist" | "conf" | "json")
+            )
+        })
+    })
+}
+
+/// Write Skiff's network configuration when the conf dir has none (an existing one is the user's choice).
 fn ensure_cni_config(options: &Options, pod_cidr: &str) -> Result<(), Error> {
-    if cni::find_config(&options.cni_conf_dir)
-        .ok()
-        .flatten()
-        .is_some()
-    {
+    if has_cni_config(&options.cni_conf_dir) {
         return Ok(());
     }
+    let cidr: ipnet::Ipv4Net = pod_cidr.parse().map_err(|e| Error::Io {
+        context: format!("node podCIDR {pod_cidr:?}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
     std::fs::create_dir_all(&options.cni_conf_dir).map_err(io_err(format!(
         "creating {}",
         options.cni_conf_dir.display()
     )))?;
-    let list = cni::bridge_conflist(pod_cidr, &options.data_dir.join("cni-ipam"));
-    let path = options.cni_conf_dir.join("10-skiff.conflist");
-    let tmp = options.cni_conf_dir.join(".10-skiff.conflist.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&list).unwrap_or_default())
+    let text = skiff_cni::config::skiff_conflist("skiff", cidr, options.pod_mtu);
+    let path = options.cni_conf_dir.join(skiff_cni::config::CONFLIST_FILE);
+    let tmp = options
+        .cni_conf_dir
+        .join(format!(".{}.tmp", skiff_cni::config::CONFLIST_FILE));
+    std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, &path))
         .map_err(io_err(format!("writing {}", path.display())))?;
     tracing::info!(path = %path.display(), pod_cidr, "wrote CNI network configuration");
@@ -139,11 +155,7 @@ pub async fn run(
         since,
     ));
 
-    if cni::find_config(&options.cni_conf_dir)
-        .ok()
-        .flatten()
-        .is_none()
-    {
+    if !has_cni_config(&options.cni_conf_dir) {
         let cidr = node::wait_pod_cidr(&client, &node).await;
         ensure_cni_config(&options, &cidr)?;
     }
@@ -170,9 +182,11 @@ pub async fn run(
     let ctx = std::sync::Arc::new(Ctx {
         client: client.clone(),
         node: node.clone(),
-        cni: cni::Runtime {
-            bin_dirs: options.cni_bin_dirs.clone(),
-        },
+        cni: skiff_cni::runtime::CniRuntime::new(
+            options.cni_conf_dir.clone(),
+            options.cni_bin_dirs.clone(),
+            options.data_dir.join("cni-cache"),
+        ),
         options,
         catalog,
         host_resolv,

@@ -178,27 +178,22 @@ impl Worker {
             };
             self.record.netns = Some(name.clone());
             self.netns_path = Some(path.clone());
-            let (_, list) = crate::cni::find_config(&self.ctx.options.cni_conf_dir)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!(
-                        "no CNI network configuration in {}",
-                        self.ctx.options.cni_conf_dir.display()
-                    )
-                })?;
-            self.record.cni_config = Some(list.clone());
             self.save();
             let result = self
                 .ctx
                 .cni
-                .add(&list, &self.attachment(path))
+                .add(&name, &path, "eth0", &self.pod_ref())
                 .await
                 .map_err(|e| format!("failed to set up sandbox container network: {e}"))?;
-            let ips = crate::cni::result_ips(&result);
+            let ips: Vec<String> = result
+                .ips
+                .iter()
+                .map(|ip| ip.address.addr().to_string())
+                .collect();
             if ips.is_empty() {
                 return Err("CNI result has no IP address".into());
             }
-            self.record.cni_result = Some(result);
+            self.record.cni_result = serde_json::to_value(&result).ok();
             self.pod_ips = ips;
         }
         let dir = self.dir();
@@ -228,20 +223,11 @@ impl Worker {
         Ok(())
     }
 
-    fn attachment(&self, netns: PathBuf) -> crate::cni::Attachment {
-        crate::cni::Attachment {
-            container_id: netns::netns_name(&self.uid),
-            netns,
-            ifname: "eth0".into(),
-            args: vec![
-                ("K8S_POD_NAMESPACE".into(), self.ns.clone()),
-                ("K8S_POD_NAME".into(), self.name.clone()),
-                (
-                    "K8S_POD_INFRA_CONTAINER_ID".into(),
-                    netns::netns_name(&self.uid),
-                ),
-                ("K8S_POD_UID".into(), self.uid.clone()),
-            ],
+    fn pod_ref(&self) -> skiff_cni::runtime::PodRef {
+        skiff_cni::runtime::PodRef {
+            namespace: self.ns.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
         }
     }
 
@@ -1048,27 +1034,18 @@ pub(crate) async fn teardown_record(ctx: &Ctx, record: &PodRecord) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let list = record.cni_config.clone().or_else(|| {
-            crate::cni::find_config(&ctx.options.cni_conf_dir)
-                .ok()
-                .flatten()
-                .map(|(_, l)| l)
-        });
-        if let Some(list) = list {
-            let att = crate::cni::Attachment {
-                container_id: name.clone(),
-                netns: path.clone(),
-                ifname: "eth0".into(),
-                args: vec![
-                    ("K8S_POD_NAMESPACE".into(), record.namespace.clone()),
-                    ("K8S_POD_NAME".into(), record.name.clone()),
-                    ("K8S_POD_INFRA_CONTAINER_ID".into(), name.clone()),
-                    ("K8S_POD_UID".into(), record.uid.clone()),
-                ],
-            };
-            if let Err(err) = ctx.cni.del(&list, &att, record.cni_result.as_ref()).await {
-                tracing::warn!(pod = %record.name, %err, "CNI DEL");
-            }
+        let live = netns::exists(name);
+        let pod_ref = skiff_cni::runtime::PodRef {
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            uid: record.uid.clone(),
+        };
+        if let Err(err) = ctx
+            .cni
+            .del(name, live.then_some(path.as_path()), "eth0", &pod_ref)
+            .await
+        {
+            tracing::warn!(pod = %record.name, %err, "CNI DEL");
         }
         if let Err(err) = netns::remove(name) {
             tracing::warn!(pod = %record.name, %err, "removing network namespace");
