@@ -4,6 +4,7 @@
 pub mod config;
 pub mod ipam;
 pub mod nl;
+pub mod overlay;
 pub mod plugin;
 pub mod runtime;
 pub mod types;

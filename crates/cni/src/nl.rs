@@ -198,13 +198,20 @@ pub struct V4Route {
     pub oif: Option<u32>,
     pub onlink: bool,
     pub scope_link: bool,
+    /// rtm_protocol: who owns the route (lets a syncer remove only its own routes).
+    pub protocol: u8,
 }
+
+/// rtm_protocol "boot", what `ip route add` uses.
+pub const PROTO_BOOT: u8 = 3;
 
 impl V4Route {
     pub fn message(&self) -> RouteMessage {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(self.dst.network(), self.dst.prefix_len())
-            .protocol(rtnetlink::packet_route::route::RouteProtocol::Boot);
+            .protocol(rtnetlink::packet_route::route::RouteProtocol::from(
+                self.protocol,
+            ));
         if let Some(gw) = self.gateway {
             b = b.gateway(gw);
         }
@@ -253,6 +260,7 @@ pub fn decode_route(msg: &RouteMessage) -> Option<V4Route> {
             .flags
             .contains(rtnetlink::packet_route::route::RouteFlags::Onlink),
         scope_link: msg.header.scope == RouteScope::Link,
+        protocol: u8::from(msg.header.protocol),
     })
 }
 

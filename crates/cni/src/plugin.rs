@@ -428,6 +428,7 @@ fn wire(
                 oif: Some(index),
                 onlink: false,
                 scope_link: true,
+                protocol: nl::PROTO_BOOT,
             },
         )
         .await?;
@@ -466,6 +467,7 @@ fn wire(
                 oif: Some(index),
                 onlink: false,
                 scope_link: true,
+                protocol: nl::PROTO_BOOT,
             },
         )
         .await?;
@@ -477,6 +479,7 @@ fn wire(
                 oif: Some(index),
                 onlink: false,
                 scope_link: false,
+                protocol: nl::PROTO_BOOT,
             },
         )
         .await?;

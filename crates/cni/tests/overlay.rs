@@ -1,0 +1,231 @@
+//! Kernel tests for inter-node routing: two "node" namespaces on one link, each with a "pod" wired by
+//! skiff-cni; in VXLAN and host-gw mode the pods reach each other with their source address preserved, nodes
+//! leaving removes the routes, and pod traffic to outside the cluster is masqueraded to the node address.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{tcp_probe, Netns};
+use skiff_cni::overlay::{self, LocalNode, Mode, Peer};
+use skiff_cni::runtime::{CniRuntime, PodRef};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_skiff-cni");
+
+struct Node {
+    ns: Netns,
+    pod: Netns,
+    pod_ip: Ipv4Addr,
+    local: LocalNode,
+    _dir: tempfile::TempDir,
+}
+
+/// A node namespace with `eth0` = `node_ip/24` and one pod from `pod_cidr` attached by skiff-cni.
+fn node(node_ip: Ipv4Addr, pod_cidr: &str, name: &str) -> Node {
+    let ns = Netns::new("skon");
+    let pod = Netns::new("skop");
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, bin) = (dir.path().join("conf"), dir.path().join("bin"));
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(PLUGIN, bin.join("skiff-cni")).unwrap();
+    let mut list: serde_json::Value = serde_json::from_str(&skiff_cni::config::skiff_conflist(
+        "overlaytest",
+        pod_cidr.parse().unwrap(),
+        overlay::VXLAN_MTU,
+    ))
+    .unwrap();
+    list["plugins"][0]["ipam"]["dataDir"] = dir.path().join("ipam").display().to_string().into();
+    std::fs::write(conf.join("10-skiff.conflist"), list.to_string()).unwrap();
+    let runtime = CniRuntime::new(conf, vec![bin], dir.path().join("cache"));
+    let pod_path = pod.path();
+    let result = ns.block_on(move || async move {
+        runtime
+            .add(
+                "ctr",
+                &pod_path,
+                "eth0",
+                &PodRef {
+                    namespace: "default".into(),
+                    name: "p".into(),
+                    uid: "u".into(),
+                },
+            )
+            .await
+            .unwrap()
+    });
+    Node {
+        pod_ip: result.pod_ipv4().unwrap(),
+        ns,
+        pod,
+        local: LocalNode {
+            name: name.into(),
+            node_ip,
+            pod_cidr: pod_cidr.parse().unwrap(),
+        },
+        _dir: dir,
+    }
+}
+
+/// Two nodes whose eth0s are the two ends of one veth pair (one L2 segment).
+fn two_nodes() -> (Node, Node) {
+    let a = node(Ipv4Addr::new(192, 168, 77, 1), "10.200.1.0/24", "node-a");
+    let b = node(Ipv4Addr::new(192, 168, 77, 2), "10.200.2.0/24", "node-b");
+    a.ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.ns.name,
+    ]);
+    for (n, ip) in [(&a, "192.168.77.1/24"), (&b, "192.168.77.2/24")] {
+        n.ns.ip(&["addr", "add", ip, "dev", "eth0"]);
+        n.ns.ip(&["link", "set", "eth0", "up"]);
+    }
+    (a, b)
+}
+
+/// Create the VXLAN device in `n` (VXLAN mode) and return the peer record other nodes would see.
+fn publish(n: &Node, mode: Mode) -> Peer {
+    let local = n.local.clone();
+    let mac = n.ns.block_on(move || async move {
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        match mode {
+            Mode::Vxlan => Some(overlay::ensure_vxlan_device(&handle, &local).await.unwrap()),
+            Mode::HostGw => None,
+        }
+    });
+    Peer {
+        name: n.local.name.clone(),
+        node_ip: n.local.node_ip,
+        pod_cidr: n.local.pod_cidr,
+        vtep_mac: mac,
+    }
+}
+
+fn sync(n: &Node, peers: Vec<Peer>, mode: Mode) {
+    let state = overlay::desired(&n.local, &peers, mode);
+    n.ns.block_on(move || async move {
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        overlay::sync(&handle, &state).await.unwrap();
+    });
+}
+
+fn reachable(from: &Netns, ip: Ipv4Addr) -> bool {
+    from.exec_ok(&["busybox", "ping", "-c1", "-W1", &ip.to_string()])
+}
+
+#[test]
+fn vxlan_overlay_connects_pods_on_two_nodes_with_source_ip_preserved() {
+    let (a, b) = two_nodes();
+    // Before any overlay state the pods cannot reach each other.
+    assert!(!reachable(&a.pod, b.pod_ip));
+    let (pa, pb) = (publish(&a, Mode::Vxlan), publish(&b, Mode::Vxlan));
+    let peers = vec![pa.clone(), pb.clone()];
+    sync(&a, peers.clone(), Mode::Vxlan);
+    sync(&b, peers.clone(), Mode::Vxlan);
+    // Twice: idempotent.
+    sync(&a, peers.clone(), Mode::Vxlan);
+
+    let dev = a.ns.ip(&["-d", "link", "show", overlay::VXLAN_DEVICE]);
+    assert!(dev.contains("vxlan id 1 local 192.168.77.1"), "{dev}");
+    assert!(dev.contains("dstport 8472 nolearning"), "{dev}");
+    assert!(dev.contains("mtu 1450"), "{dev}");
+    assert_eq!(
+        common::addrs(&a.ns, overlay::VXLAN_DEVICE),
+        vec!["10.200.1.0/32"]
+    );
+    let mac_b = skiff_cni::nl::format_mac(&pb.vtep_mac.unwrap());
+    let routes = a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"]);
+    assert_eq!(
+        routes.trim(),
+        "10.200.2.0/24 via 10.200.2.0 dev skiff.vxlan proto 95 onlink"
+    );
+    let neigh = a.ns.ip(&["neigh", "show", "dev", overlay::VXLAN_DEVICE]);
+    assert_eq!(neigh.trim(), format!("10.200.2.0 lladdr {mac_b} PERMANENT"));
+    let fdb = common::sh(&[
+        "bridge",
+        "-n",
+        &a.ns.name,
+        "fdb",
+        "show",
+        "dev",
+        overlay::VXLAN_DEVICE,
+    ]);
+    assert!(
+        fdb.contains(&format!("{mac_b} dst 192.168.77.2 self permanent")),
+        "{fdb}"
+    );
+
+    // Pod to pod across nodes: the server sees the client pod's own address, both ways.
+    let (peer, _) = tcp_probe(&b.pod, b.pod_ip, &a.pod);
+    assert_eq!(peer.ip(), a.pod_ip);
+    let (peer, _) = tcp_probe(&a.pod, a.pod_ip, &b.pod);
+    assert_eq!(peer.ip(), b.pod_ip);
+    // The other node reaches pods, pods reach the other node's overlay address.
+    assert!(reachable(&b.ns, a.pod_ip));
+
+    // Pod traffic to outside the cluster CIDR is masqueraded to the node address; pod-to-pod is not.
+    let script = overlay::masquerade_script("10.200.0.0/16".parse().unwrap());
+    a.ns.block_on(move || async move { overlay::nft_apply(&script).await.unwrap() });
+    let script = overlay::masquerade_script("10.200.0.0/16".parse().unwrap());
+    a.ns.block_on(move || async move { overlay::nft_apply(&script).await.unwrap() }); // re-apply: idempotent
+    let (peer, _) = tcp_probe(&b.ns, Ipv4Addr::new(192, 168, 77, 2), &a.pod);
+    assert_eq!(peer.ip(), Ipv4Addr::new(192, 168, 77, 1));
+    let (peer, _) = tcp_probe(&b.pod, b.pod_ip, &a.pod);
+    assert_eq!(peer.ip(), a.pod_ip);
+    assert_eq!(a.ns.ip(&["-o", "link"]).matches("skiff.vxlan").count(), 1);
+
+    // Node b leaves: a's route, neighbour and FDB entry for it go away.
+    sync(&a, vec![pa.clone()], Mode::Vxlan);
+    assert_eq!(
+        a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"]).trim(),
+        ""
+    );
+    assert_eq!(
+        a.ns.ip(&["neigh", "show", "dev", overlay::VXLAN_DEVICE])
+            .trim(),
+        ""
+    );
+    let fdb = common::sh(&[
+        "bridge",
+        "-n",
+        &a.ns.name,
+        "fdb",
+        "show",
+        "dev",
+        overlay::VXLAN_DEVICE,
+    ]);
+    assert!(!fdb.contains("dst 192.168.77.2"), "{fdb}");
+    assert!(!reachable(&a.pod, b.pod_ip));
+    // ... and comes back.
+    sync(&a, peers, Mode::Vxlan);
+    assert!(reachable(&a.pod, b.pod_ip));
+}
+
+#[test]
+fn host_gw_routes_connect_pods_and_replace_vxlan_routes() {
+    let (a, b) = two_nodes();
+    // Start in VXLAN mode on a, then switch both to host-gw: the routes are replaced, not duplicated.
+    let (pa, pb) = (publish(&a, Mode::Vxlan), publish(&b, Mode::Vxlan));
+    sync(&a, vec![pa.clone(), pb.clone()], Mode::Vxlan);
+    let peers = vec![publish(&a, Mode::HostGw), publish(&b, Mode::HostGw)];
+    sync(&a, peers.clone(), Mode::HostGw);
+    sync(&b, peers.clone(), Mode::HostGw);
+    assert_eq!(
+        a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"]).trim(),
+        "10.200.2.0/24 via 192.168.77.2 dev eth0 proto 95"
+    );
+    assert_eq!(
+        b.ns.ip(&["-4", "route", "show", "10.200.1.0/24"]).trim(),
+        "10.200.1.0/24 via 192.168.77.1 dev eth0 proto 95"
+    );
+    let (peer, _) = tcp_probe(&b.pod, b.pod_ip, &a.pod);
+    assert_eq!(peer.ip(), a.pod_ip);
+    let (peer, _) = tcp_probe(&a.pod, a.pod_ip, &b.pod);
+    assert_eq!(peer.ip(), b.pod_ip);
+    // Removing the peer removes the route.
+    sync(&a, vec![], Mode::HostGw);
+    assert_eq!(
+        a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"]).trim(),
+        ""
+    );
+}
