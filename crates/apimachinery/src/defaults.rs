@@ -1,8 +1,708 @@
-//! Defaulting as upstream's SetDefaults_* for the kinds served.
-//! CONTRACT STUB: the apimachinery work replaces the bodies; keep the signatures.
+//! Defaulting as upstream's `SetDefaults_*` (pkg/apis/*/v1/defaults.go) for the kinds served, plus the few
+//! values upstream's registry strategies and default admission plugins fill in on create (a Pod's `Pending`
+//! phase and QoS class, a Namespace's `kubernetes` finalizer, the not-ready/unreachable tolerations).
+//! Every function only fills what is absent, so applying defaults twice changes nothing.
 
 use crate::GroupKind;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 /// Fill in upstream defaults on an object about to be created or updated (idempotent).
-pub fn apply_defaults(_gk: GroupKind<'_>, _obj: &mut Value) {}
+pub fn apply_defaults(gk: GroupKind<'_>, obj: &mut Value) {
+    if !obj.is_object() {
+        return;
+    }
+    match (gk.group, gk.kind) {
+        ("", "Service") => service(obj),
+        ("", "Pod") => pod(obj),
+        ("", "Namespace") => namespace(obj),
+        ("", "Secret") => {
+            set(obj, "type", json!("Opaque"));
+        }
+        ("", "Endpoints") => {
+            for ss in list_mut(obj, "subsets") {
+                for p in list_mut(ss, "ports") {
+                    set(p, "protocol", json!("TCP"));
+                }
+            }
+        }
+        ("", "Node") => {
+            if let Some(cap) = obj.pointer("/status/capacity").cloned() {
+                if let Some(status) = obj.get_mut("status") {
+                    set(status, "allocatable", cap);
+                }
+            }
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            for p in list_mut(obj, "ports") {
+                set(p, "name", json!(""));
+                set(p, "protocol", json!("TCP"));
+            }
+        }
+        ("apps", "Deployment") => deployment(obj),
+        ("apps", "ReplicaSet") => {
+            let spec = child(obj, "spec");
+            set(spec, "replicas", json!(1));
+            template(spec);
+        }
+        ("apps", "StatefulSet") => stateful_set(obj),
+        ("apps", "DaemonSet") => daemon_set(obj),
+        ("networking.k8s.io", "NetworkPolicy") => network_policy(obj),
+        ("networking.k8s.io", "Ingress") => {}
+        _ => {}
+    }
+}
+
+/// Set `key` when absent or null; returns the (possibly pre-existing) value.
+fn set<'a>(obj: &'a mut Value, key: &str, value: Value) -> &'a mut Value {
+    if !obj.is_object() {
+        // callers only pass objects; a non-object parent is left unchanged
+        return obj;
+    }
+    // IndexMut on an object inserts null for a missing key
+    let entry = &mut obj[key];
+    if entry.is_null() {
+        *entry = value;
+    }
+    entry
+}
+
+/// The object at `key`, created empty when absent.
+fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
+    set(obj, key, Value::Object(Map::new()))
+}
+
+fn list_mut<'a>(obj: &'a mut Value, key: &str) -> std::slice::IterMut<'a, Value> {
+    match obj.get_mut(key).and_then(Value::as_array_mut) {
+        Some(a) => a.iter_mut(),
+        None => [].iter_mut(),
+    }
+}
+
+fn is_empty_str(v: Option<&Value>) -> bool {
+    v.is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+}
+
+fn service(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    if is_empty_str(spec.get("sessionAffinity")) {
+        spec["sessionAffinity"] = json!("None");
+    }
+    match spec.get("sessionAffinity").and_then(Value::as_str) {
+        Some("None") => {
+            if let Some(m) = spec.as_object_mut() {
+                m.shift_remove("sessionAffinityConfig");
+            }
+        }
+        Some("ClientIP") => {
+            if spec
+                .pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
+                .is_none_or(Value::is_null)
+            {
+                spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
+            }
+        }
+        _ => {}
+    }
+    if is_empty_str(spec.get("type")) {
+        spec["type"] = json!("ClusterIP");
+    }
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    for p in list_mut(spec, "ports") {
+        if is_empty_str(p.get("protocol")) {
+            p["protocol"] = json!("TCP");
+        }
+        let tp = p.get("targetPort");
+        let unset =
+            tp.is_none_or(|t| t.is_null() || t.as_i64() == Some(0) || t.as_str() == Some(""));
+        if unset {
+            let port = p.get("port").cloned().unwrap_or(Value::Null);
+            if !port.is_null() {
+                p["targetPort"] = port;
+            }
+        }
+    }
+    let has_external_ips = spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    let externally_accessible =
+        ty == "LoadBalancer" || ty == "NodePort" || (ty == "ClusterIP" && has_external_ips);
+    if externally_accessible && is_empty_str(spec.get("externalTrafficPolicy")) {
+        spec["externalTrafficPolicy"] = json!("Cluster");
+    }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer" | "ClusterIP") {
+        set(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if ty == "LoadBalancer" {
+        set(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+    if ty != "ExternalName" {
+        // upstream's registry fills these when it allocates cluster IPs (single-stack IPv4 cluster)
+        if let Some(ip) = spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            let ip = ip.to_string();
+            if spec
+                .get("clusterIPs")
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.is_empty())
+            {
+                spec["clusterIPs"] = json!([ip]);
+            }
+        }
+        set(spec, "ipFamilyPolicy", json!("SingleStack"));
+        if spec
+            .get("ipFamilies")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty())
+        {
+            spec["ipFamilies"] = json!(["IPv4"]);
+        }
+    }
+    let status = child(obj, "status");
+    set(status, "loadBalancer", json!({}));
+}
+
+fn namespace(obj: &mut Value) {
+    if let Some(name) = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    {
+        let labels = child(child(obj, "metadata"), "labels");
+        set(labels, "kubernetes.io/metadata.name", json!(name));
+    }
+    let spec = child(obj, "spec");
+    set(spec, "finalizers", json!(["kubernetes"]));
+    let status = child(obj, "status");
+    if is_empty_str(status.get("phase")) {
+        status["phase"] = json!("Active");
+    }
+}
+
+fn pod(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    pod_spec(spec);
+    set(spec, "enableServiceLinks", json!(true));
+    // SetDefaults_Pod: requests default to limits
+    for c in list_mut(spec, "containers") {
+        if let Some(limits) = c
+            .pointer("/resources/limits")
+            .and_then(Value::as_object)
+            .cloned()
+        {
+            let req = child(child(c, "resources"), "requests");
+            for (k, v) in limits {
+                set(req, &k, v);
+            }
+        }
+    }
+    // admission (DefaultTolerationSeconds, Priority) as a default cluster does
+    set(spec, "priority", json!(0));
+    set(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    let tols = set(spec, "tolerations", json!([]));
+    if let Some(tols) = tols.as_array_mut() {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let has = tols.iter().any(|t| {
+                t.get("key").and_then(Value::as_str) == Some(key)
+                    && t.get("effect")
+                        .and_then(Value::as_str)
+                        .is_none_or(|e| e.is_empty() || e == "NoExecute")
+            }) || tols.iter().any(|t| {
+                // a toleration of everything (empty key, Exists) covers both
+                t.get("key")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                    && t.get("operator").and_then(Value::as_str) == Some("Exists")
+            });
+            if !has {
+                tols.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+    let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
+    let status = child(obj, "status");
+    if is_empty_str(status.get("phase")) {
+        status["phase"] = json!("Pending");
+    }
+    set(status, "qosClass", json!(qos));
+}
+
+/// Upstream's `GetPodQOS` (cpu and memory of regular and init containers).
+fn qos_class(spec: &Value) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    let containers = ["containers", "initContainers"].iter().flat_map(|k| {
+        spec.get(*k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    });
+    for c in containers {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        for r in ["cpu", "memory"] {
+            let rq = req.and_then(|m| m.get(r));
+            let lm = lim.and_then(|m| m.get(r));
+            if rq.is_some() || lm.is_some() {
+                any = true;
+            }
+            if lm.is_none() || rq.is_some_and(|rq| Some(rq) != lm) {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+fn pod_spec(spec: &mut Value) {
+    if is_empty_str(spec.get("dnsPolicy")) {
+        spec["dnsPolicy"] = json!("ClusterFirst");
+    }
+    if is_empty_str(spec.get("restartPolicy")) {
+        spec["restartPolicy"] = json!("Always");
+    }
+    set(spec, "securityContext", json!({}));
+    set(spec, "terminationGracePeriodSeconds", json!(30));
+    if is_empty_str(spec.get("schedulerName")) {
+        spec["schedulerName"] = json!("default-scheduler");
+    }
+    let host_network = spec.get("hostNetwork").and_then(Value::as_bool) == Some(true);
+    for key in ["containers", "initContainers", "ephemeralContainers"] {
+        for c in list_mut(spec, key) {
+            container(c, host_network);
+        }
+    }
+    for v in list_mut(spec, "volumes") {
+        volume(v);
+    }
+}
+
+fn container(c: &mut Value, host_network: bool) {
+    if is_empty_str(c.get("imagePullPolicy")) {
+        let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+        c["imagePullPolicy"] = json!(if image_tag(image) == "latest" {
+            "Always"
+        } else {
+            "IfNotPresent"
+        });
+    }
+    if is_empty_str(c.get("terminationMessagePath")) {
+        c["terminationMessagePath"] = json!("/dev/termination-log");
+    }
+    if is_empty_str(c.get("terminationMessagePolicy")) {
+        c["terminationMessagePolicy"] = json!("File");
+    }
+    for p in list_mut(c, "ports") {
+        if is_empty_str(p.get("protocol")) {
+            p["protocol"] = json!("TCP");
+        }
+        if host_network
+            && p.get("hostPort")
+                .is_none_or(|h| h.is_null() || h.as_i64() == Some(0))
+        {
+            if let Some(cp) = p.get("containerPort").cloned() {
+                p["hostPort"] = cp;
+            }
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = c.get_mut(probe).filter(|p| p.is_object()) {
+            set(p, "timeoutSeconds", json!(1));
+            set(p, "periodSeconds", json!(10));
+            set(p, "successThreshold", json!(1));
+            set(p, "failureThreshold", json!(3));
+            http_get(p);
+        }
+    }
+    for hook in ["postStart", "preStop"] {
+        if let Some(h) = c
+            .get_mut("lifecycle")
+            .and_then(|l| l.get_mut(hook))
+            .filter(|h| h.is_object())
+        {
+            http_get(h);
+        }
+    }
+    for e in list_mut(c, "env") {
+        if let Some(fr) = e
+            .pointer_mut("/valueFrom/fieldRef")
+            .filter(|f| f.is_object())
+        {
+            set(fr, "apiVersion", json!("v1"));
+        }
+    }
+}
+
+fn http_get(handler: &mut Value) {
+    if let Some(h) = handler.get_mut("httpGet").filter(|h| h.is_object()) {
+        if is_empty_str(h.get("path")) {
+            h["path"] = json!("/");
+        }
+        if is_empty_str(h.get("scheme")) {
+            h["scheme"] = json!("HTTP");
+        }
+    }
+}
+
+/// The tag as upstream's `parsers.ParseImageName` sees it: `latest` when neither tag nor digest is given.
+fn image_tag(image: &str) -> &str {
+    if image.contains('@') {
+        let before = image.split('@').next().unwrap_or("");
+        let last = before.rsplit('/').next().unwrap_or("");
+        return last.split_once(':').map(|(_, t)| t).unwrap_or("");
+    }
+    let last = image.rsplit('/').next().unwrap_or("");
+    last.split_once(':').map(|(_, t)| t).unwrap_or("latest")
+}
+
+fn volume(v: &mut Value) {
+    const SOURCES: &[&str] = &[
+        "hostPath",
+        "emptyDir",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "gitRepo",
+        "secret",
+        "nfs",
+        "iscsi",
+        "glusterfs",
+        "persistentVolumeClaim",
+        "rbd",
+        "flexVolume",
+        "cinder",
+        "cephfs",
+        "flocker",
+        "downwardAPI",
+        "fc",
+        "azureFile",
+        "configMap",
+        "vsphereVolume",
+        "quobyte",
+        "azureDisk",
+        "photonPersistentDisk",
+        "projected",
+        "portworxVolume",
+        "scaleIO",
+        "storageos",
+        "csi",
+        "ephemeral",
+        "image",
+    ];
+    let Some(m) = v.as_object_mut() else {
+        return;
+    };
+    if !SOURCES
+        .iter()
+        .any(|s| m.get(*s).is_some_and(|x| !x.is_null()))
+    {
+        m.insert("emptyDir".into(), json!({}));
+    }
+    for src in ["configMap", "secret", "projected", "downwardAPI"] {
+        if let Some(s) = m.get_mut(src).filter(|s| s.is_object()) {
+            set(s, "defaultMode", json!(420));
+        }
+    }
+    if let Some(h) = m.get_mut("hostPath").filter(|s| s.is_object()) {
+        set(h, "type", json!(""));
+    }
+}
+
+fn template(spec: &mut Value) {
+    if let Some(ps) = spec
+        .get_mut("template")
+        .and_then(|t| t.get_mut("spec"))
+        .filter(|s| s.is_object())
+    {
+        pod_spec(ps);
+    }
+}
+
+fn deployment(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    set(spec, "replicas", json!(1));
+    let strategy = child(spec, "strategy");
+    if is_empty_str(strategy.get("type")) {
+        strategy["type"] = json!("RollingUpdate");
+    }
+    if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+        let ru = child(strategy, "rollingUpdate");
+        set(ru, "maxUnavailable", json!("25%"));
+        set(ru, "maxSurge", json!("25%"));
+    }
+    set(spec, "revisionHistoryLimit", json!(10));
+    set(spec, "progressDeadlineSeconds", json!(600));
+    template(spec);
+}
+
+fn stateful_set(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    if is_empty_str(spec.get("podManagementPolicy")) {
+        spec["podManagementPolicy"] = json!("OrderedReady");
+    }
+    let us = child(spec, "updateStrategy");
+    if is_empty_str(us.get("type")) {
+        us["type"] = json!("RollingUpdate");
+        set(us, "rollingUpdate", json!({}));
+    }
+    if us.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+        if let Some(ru) = us.get_mut("rollingUpdate").filter(|r| r.is_object()) {
+            set(ru, "partition", json!(0));
+        }
+    }
+    let policy = child(spec, "persistentVolumeClaimRetentionPolicy");
+    set(policy, "whenDeleted", json!("Retain"));
+    set(policy, "whenScaled", json!("Retain"));
+    set(spec, "replicas", json!(1));
+    set(spec, "revisionHistoryLimit", json!(10));
+    template(spec);
+}
+
+fn daemon_set(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    let us = child(spec, "updateStrategy");
+    if is_empty_str(us.get("type")) {
+        us["type"] = json!("RollingUpdate");
+    }
+    if us.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+        let ru = child(us, "rollingUpdate");
+        set(ru, "maxUnavailable", json!(1));
+        set(ru, "maxSurge", json!(0));
+    }
+    set(spec, "revisionHistoryLimit", json!(10));
+    template(spec);
+}
+
+fn network_policy(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    for dir in ["ingress", "egress"] {
+        for rule in list_mut(spec, dir) {
+            for p in list_mut(rule, "ports") {
+                if is_empty_str(p.get("protocol")) {
+                    p["protocol"] = json!("TCP");
+                }
+            }
+        }
+    }
+    if spec
+        .get("policyTypes")
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.is_empty())
+    {
+        let has_egress = spec
+            .get("egress")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        spec["policyTypes"] = if has_egress {
+            json!(["Ingress", "Egress"])
+        } else {
+            json!(["Ingress"])
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaulted(group: &str, kind: &str, mut obj: Value) -> Value {
+        let gk = GroupKind { group, kind };
+        apply_defaults(gk, &mut obj);
+        let once = obj.clone();
+        apply_defaults(gk, &mut obj);
+        assert_eq!(once, obj, "defaulting {kind} twice changed it");
+        obj
+    }
+
+    #[test]
+    fn service_defaults() {
+        let svc = defaulted(
+            "",
+            "Service",
+            json!({"metadata": {"name": "s"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "targetPort": "dns"}], "selector": {"app": "x"}}}),
+        );
+        assert_eq!(
+            svc,
+            json!({"metadata": {"name": "s"}, "spec": {"clusterIP": "10.96.0.10",
+                "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}, {"port": 53, "protocol": "UDP", "targetPort": "dns"}],
+                "selector": {"app": "x"}, "sessionAffinity": "None", "type": "ClusterIP", "internalTrafficPolicy": "Cluster",
+                "clusterIPs": ["10.96.0.10"], "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"]},
+                "status": {"loadBalancer": {}}})
+        );
+        let lb = defaulted(
+            "",
+            "Service",
+            json!({"spec": {"type": "LoadBalancer", "sessionAffinity": "ClientIP", "ports": [{"port": 80, "targetPort": 0}]}}),
+        );
+        assert_eq!(lb["spec"]["externalTrafficPolicy"], json!("Cluster"));
+        assert_eq!(lb["spec"]["allocateLoadBalancerNodePorts"], json!(true));
+        assert_eq!(
+            lb["spec"]["sessionAffinityConfig"],
+            json!({"clientIP": {"timeoutSeconds": 10800}})
+        );
+        assert_eq!(lb["spec"]["ports"][0]["targetPort"], json!(80));
+        let en = defaulted(
+            "",
+            "Service",
+            json!({"spec": {"type": "ExternalName", "externalName": "example.com"}}),
+        );
+        assert!(en["spec"].get("ipFamilies").is_none());
+        assert!(en["spec"].get("internalTrafficPolicy").is_none());
+        assert!(en["spec"].get("externalTrafficPolicy").is_none());
+    }
+
+    #[test]
+    fn pod_defaults() {
+        let p = defaulted(
+            "",
+            "Pod",
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "ikubernetes/demoapp:v1.0",
+            "ports": [{"containerPort": 80}],
+            "livenessProbe": {"httpGet": {"port": 80, "path": "/livez"}},
+            "resources": {"limits": {"cpu": "1", "memory": "64Mi"}}},
+            {"name": "d", "image": "busybox"}]}}),
+        );
+        assert_eq!(
+            p["spec"]["containers"][0],
+            json!({"name": "c", "image": "ikubernetes/demoapp:v1.0", "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                "livenessProbe": {"httpGet": {"port": 80, "path": "/livez", "scheme": "HTTP"}, "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
+                "resources": {"limits": {"cpu": "1", "memory": "64Mi"}, "requests": {"cpu": "1", "memory": "64Mi"}},
+                "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"})
+        );
+        assert_eq!(
+            p["spec"]["containers"][1]["imagePullPolicy"],
+            json!("Always")
+        );
+        for (k, v) in [
+            ("restartPolicy", json!("Always")),
+            ("dnsPolicy", json!("ClusterFirst")),
+            ("terminationGracePeriodSeconds", json!(30)),
+            ("schedulerName", json!("default-scheduler")),
+            ("enableServiceLinks", json!(true)),
+            ("securityContext", json!({})),
+        ] {
+            assert_eq!(p["spec"][k], v, "{k}");
+        }
+        assert_eq!(p["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            p["status"],
+            json!({"phase": "Pending", "qosClass": "Burstable"})
+        );
+        assert_eq!(image_tag("busybox"), "latest");
+        assert_eq!(image_tag("localhost:5000/x:1.2"), "1.2");
+        assert_eq!(image_tag("localhost:5000/x"), "latest");
+        assert_eq!(image_tag("x@sha256:abc"), "");
+    }
+
+    #[test]
+    fn workload_defaults() {
+        let d = defaulted(
+            "apps",
+            "Deployment",
+            json!({"spec": {"selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}],
+            "volumes": [{"name": "v"}, {"name": "cm", "configMap": {"name": "x"}}]}}}}),
+        );
+        assert_eq!(d["spec"]["replicas"], json!(1));
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        assert_eq!(d["spec"]["revisionHistoryLimit"], json!(10));
+        assert_eq!(d["spec"]["progressDeadlineSeconds"], json!(600));
+        assert_eq!(
+            d["spec"]["template"]["spec"]["restartPolicy"],
+            json!("Always")
+        );
+        assert!(d["spec"]["template"]["spec"]
+            .get("enableServiceLinks")
+            .is_none());
+        assert_eq!(
+            d["spec"]["template"]["spec"]["volumes"],
+            json!([{"name": "v", "emptyDir": {}}, {"name": "cm", "configMap": {"name": "x", "defaultMode": 420}}])
+        );
+        let recreate = defaulted(
+            "apps",
+            "Deployment",
+            json!({"spec": {"strategy": {"type": "Recreate"}}}),
+        );
+        assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+        let ds = defaulted("apps", "DaemonSet", json!({"spec": {}}));
+        assert_eq!(
+            ds["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        let sts = defaulted("apps", "StatefulSet", json!({"spec": {}}));
+        assert_eq!(
+            sts["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(sts["spec"]["podManagementPolicy"], json!("OrderedReady"));
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        let rs = defaulted("apps", "ReplicaSet", json!({"spec": {"replicas": 0}}));
+        assert_eq!(rs["spec"]["replicas"], json!(0));
+    }
+
+    #[test]
+    fn misc_defaults() {
+        let ns = defaulted("", "Namespace", json!({"metadata": {"name": "demo"}}));
+        assert_eq!(
+            ns,
+            json!({"metadata": {"name": "demo", "labels": {"kubernetes.io/metadata.name": "demo"}},
+                   "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+        );
+        let np = defaulted(
+            "networking.k8s.io",
+            "NetworkPolicy",
+            json!({"spec": {"podSelector": {},
+            "ingress": [{"ports": [{"port": 80}]}], "egress": [{}]}}),
+        );
+        assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(
+            np["spec"]["ingress"][0]["ports"][0],
+            json!({"port": 80, "protocol": "TCP"})
+        );
+        let np2 = defaulted(
+            "networking.k8s.io",
+            "NetworkPolicy",
+            json!({"spec": {"podSelector": {}}}),
+        );
+        assert_eq!(np2["spec"]["policyTypes"], json!(["Ingress"]));
+        let es = defaulted(
+            "discovery.k8s.io",
+            "EndpointSlice",
+            json!({"ports": [{"port": 80}]}),
+        );
+        assert_eq!(
+            es["ports"],
+            json!([{"port": 80, "name": "", "protocol": "TCP"}])
+        );
+        let ep = defaulted(
+            "",
+            "Endpoints",
+            json!({"subsets": [{"ports": [{"port": 80}]}]}),
+        );
+        assert_eq!(ep["subsets"][0]["ports"][0]["protocol"], json!("TCP"));
+        let sec = defaulted("", "Secret", json!({"data": {}}));
+        assert_eq!(sec["type"], json!("Opaque"));
+    }
+}
