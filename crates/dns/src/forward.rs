@@ -55,6 +55,9 @@ pub struct Forwarder {
     upstreams: Vec<Upstream>,
     /// Queries we have sent upstream and await: (our id, lower-cased name, type) → upstream index.
     inflight: Mutex<HashMap<InflightKey, usize>>,
+    /// Loop probes (as CoreDNS's `loop` plugin): unique names sent to each upstream at start; seeing one arrive
+    /// at our own listener means that upstream forwards back to us.
+    probes: Mutex<HashMap<Name, usize>>,
     timeout: Duration,
 }
 
@@ -94,6 +97,7 @@ impl Forwarder {
         Forwarder {
             upstreams,
             inflight: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
             timeout,
         }
     }
@@ -108,8 +112,10 @@ impl Forwarder {
         let Some(q) = request.queries.first() else {
             return false;
         };
-        let key = (request.metadata.id, q.name().to_lowercase(), q.query_type());
-        let hit = self.inflight.lock().get(&key).copied();
+        let lower = q.name().to_lowercase();
+        let probe = self.probes.lock().get(&lower).copied();
+        let key = (request.metadata.id, lower, q.query_type());
+        let hit = probe.or_else(|| self.inflight.lock().get(&key).copied());
         if let Some(i) = hit {
             if let Some(u) = self.upstreams.get(i) {
                 if !u.looping.swap(true, Ordering::Relaxed) {
@@ -119,6 +125,36 @@ impl Forwarder {
             return true;
         }
         false
+    }
+
+    /// Send a loop probe (`<random>.<random>.skiff-loop-probe.` HINFO) through every upstream. Upstreams that
+    /// bring it back to us are disabled by [`Forwarder::is_own_query`]. Returns how many upstreams are looping.
+    pub async fn probe_loops(&self) -> usize {
+        let mut probes = Vec::new();
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let name = format!(
+                "{:016x}.{:016x}.skiff-loop-probe.",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
+            let Ok(name) = Name::from_ascii(&name) else {
+                continue;
+            };
+            self.probes.lock().insert(name.clone(), i);
+            let q = crate::answer::query_message(rand::random(), name, RecordType::HINFO);
+            probes.push((i, up.addr, q));
+        }
+        let results = futures::future::join_all(
+            probes
+                .iter()
+                .map(|(i, addr, q)| self.exchange(*i, *addr, q)),
+        )
+        .await;
+        drop(results);
+        self.upstreams
+            .iter()
+            .filter(|u| u.looping.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Forward `request` (its id is replaced on the wire and restored in the reply).

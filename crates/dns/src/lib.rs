@@ -156,17 +156,23 @@ pub async fn serve_snapshot(initial: Snapshot, options: &Options) -> Result<Runn
             tracing::error!(error = %e, "metrics server failed");
         }
     });
-    tracing::info!(%dns_addr, %metrics_addr, upstreams = ?server_upstreams(&server), "serving DNS");
+    tracing::info!(%dns_addr, %metrics_addr, upstreams = ?server.upstreams(), "serving DNS");
+    let probe_server = server.clone();
+    tokio::spawn(async move {
+        let looping = probe_server.probe_loops().await;
+        if looping > 0 {
+            tracing::error!(
+                looping,
+                "upstream resolvers forward back to this server; they are not used"
+            );
+        }
+    });
     Ok(Running {
         server,
         dns_addr,
         metrics_addr,
         handle,
     })
-}
-
-fn server_upstreams(_server: &DnsServer) -> Vec<SocketAddr> {
-    _server.upstreams()
 }
 
 /// Serve cluster DNS from the API (`client`) until the listeners fail.

@@ -270,4 +270,9 @@ impl DnsServer {
     pub fn upstreams(&self) -> Vec<SocketAddr> {
         self.forwarder.upstreams()
     }
+
+    /// Run the forwarding loop probe (see [`Forwarder::probe_loops`]).
+    pub async fn probe_loops(&self) -> usize {
+        self.forwarder.probe_loops().await
+    }
 }

@@ -129,3 +129,89 @@ fn rcode_text(m: &Message) -> String {
         other => format!("RCODE{other}"),
     }
 }
+
+/// The cluster the golden tests use: namespaces default, prod, kube-system; default/web (ClusterIP, named and
+/// unnamed port, one endpoint), default/db (headless, two ready + one not-ready endpoint), default/empty
+/// (headless, none), default/ext (ExternalName www.example.com), default/alias (ExternalName to web.prod),
+/// prod/web (dual-stack ClusterIP), prod/mysql (headless, StatefulSet hostnames mysql-0/1), kube-system/kube-dns.
+/// Synced, serial 12345, TTL 5.
+pub fn example_cluster() -> SnapshotBuilder {
+    let mut b = SnapshotBuilder::new("cluster.local", 5);
+    for ns in ["default", "prod", "kube-system"] {
+        b.apply_namespace(ns);
+    }
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}),
+    );
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}, {"port": 8080, "protocol": "TCP"}]}}),
+    );
+    add_slice(
+        &mut b,
+        json!({"metadata": {"name": "web-x1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.1.3"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+    );
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "db", "namespace": "default"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "mysql", "port": 3306}]}}),
+    );
+    add_slice(
+        &mut b,
+        json!({"metadata": {"name": "db-a", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.2.6"], "conditions": {"ready": true}},
+            {"addresses": ["10.244.1.5"]},
+            {"addresses": ["10.244.3.7"], "conditions": {"ready": false}}],
+        "ports": [{"name": "mysql", "port": 3306, "protocol": "TCP"}]}),
+    );
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "empty", "namespace": "default"},
+        "spec": {"clusterIP": "None"}}),
+    );
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "ext", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "www.example.com"}}),
+    );
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "alias", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "Web.Prod.svc.cluster.local."}}),
+    );
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "web", "namespace": "prod"},
+        "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00::30"],
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}}),
+    );
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "mysql", "namespace": "prod"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "mysql", "port": 3306}]}}),
+    );
+    add_slice(
+        &mut b,
+        json!({"metadata": {"name": "mysql-1", "namespace": "prod",
+            "labels": {"kubernetes.io/service-name": "mysql"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.1.10"], "hostname": "mysql-0", "conditions": {"ready": true}},
+            {"addresses": ["10.244.2.11"], "hostname": "mysql-1", "conditions": {"ready": true}}],
+        "ports": [{"name": "mysql", "port": 3306, "protocol": "TCP"}]}),
+    );
+    b.set_serial(12345);
+    b.set_synced(true);
+    b
+}

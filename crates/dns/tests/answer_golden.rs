@@ -7,87 +7,10 @@ use hickory_proto::rr::{DNSClass, Name, RecordType};
 use serde_json::json;
 use skiff_dns::answer::{answer, query_message, Forward};
 use skiff_dns::model::{Snapshot, SnapshotBuilder};
-use skiff_dns::testing::{add_service, add_slice, render};
+use skiff_dns::testing::{add_service, render};
 
 fn cluster_builder() -> SnapshotBuilder {
-    let mut b = SnapshotBuilder::new("cluster.local", 5);
-    for ns in ["default", "prod", "kube-system"] {
-        b.apply_namespace(ns);
-    }
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "kube-dns", "namespace": "kube-system"},
-        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [
-            {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}),
-    );
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "web", "namespace": "default"},
-        "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}, {"port": 8080, "protocol": "TCP"}]}}),
-    );
-    add_slice(
-        &mut b,
-        json!({"metadata": {"name": "web-x1", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.244.1.3"], "conditions": {"ready": true}}],
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
-    );
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "db", "namespace": "default"},
-        "spec": {"clusterIP": "None", "ports": [{"name": "mysql", "port": 3306}]}}),
-    );
-    add_slice(
-        &mut b,
-        json!({"metadata": {"name": "db-a", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "db"}},
-        "addressType": "IPv4",
-        "endpoints": [
-            {"addresses": ["10.244.2.6"], "conditions": {"ready": true}},
-            {"addresses": ["10.244.1.5"]},
-            {"addresses": ["10.244.3.7"], "conditions": {"ready": false}}],
-        "ports": [{"name": "mysql", "port": 3306, "protocol": "TCP"}]}),
-    );
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "empty", "namespace": "default"},
-        "spec": {"clusterIP": "None"}}),
-    );
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "ext", "namespace": "default"},
-        "spec": {"type": "ExternalName", "externalName": "www.example.com"}}),
-    );
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "alias", "namespace": "default"},
-        "spec": {"type": "ExternalName", "externalName": "Web.Prod.svc.cluster.local."}}),
-    );
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "web", "namespace": "prod"},
-        "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00::30"],
-                 "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}}),
-    );
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "mysql", "namespace": "prod"},
-        "spec": {"clusterIP": "None", "ports": [{"name": "mysql", "port": 3306}]}}),
-    );
-    add_slice(
-        &mut b,
-        json!({"metadata": {"name": "mysql-1", "namespace": "prod",
-            "labels": {"kubernetes.io/service-name": "mysql"}},
-        "addressType": "IPv4",
-        "endpoints": [
-            {"addresses": ["10.244.1.10"], "hostname": "mysql-0", "conditions": {"ready": true}},
-            {"addresses": ["10.244.2.11"], "hostname": "mysql-1", "conditions": {"ready": true}}],
-        "ports": [{"name": "mysql", "port": 3306, "protocol": "TCP"}]}),
-    );
-    b.set_serial(12345);
-    b.set_synced(true);
-    b
+    skiff_dns::testing::example_cluster()
 }
 
 fn cluster() -> Snapshot {
