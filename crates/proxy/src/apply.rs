@@ -1,0 +1,269 @@
+//! Kernel-facing commands: `nft -f -` (one transaction per call), `conntrack -D`, `ip addr` for LoadBalancer
+//! addresses. A `Runner` can target another network namespace through `ip netns exec` (tests and benchmarks),
+//! so no thread of ours ever changes namespace.
+
+use std::net::IpAddr;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::model::{Protocol, ServiceModel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("running {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Runs the data-plane commands, in this namespace or (for tests) in a named one.
+#[derive(Debug, Clone, Default)]
+pub struct Runner {
+    pub netns: Option<String>,
+}
+
+impl Runner {
+    pub fn new() -> Runner {
+        Runner::default()
+    }
+
+    pub fn in_netns(name: impl Into<String>) -> Runner {
+        Runner {
+            netns: Some(name.into()),
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Run `program args` with `stdin`; Ok(stdout) on exit 0.
+    async fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<Output, ApplyError> {
+        let mut cmd = self.command(program);
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let spawn_err = |source| ApplyError::Spawn {
+            program: program.to_string(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(data).await.map_err(spawn_err)?;
+            drop(pipe);
+        }
+        let out = child.wait_with_output().await.map_err(spawn_err)?;
+        Ok(Output {
+            success: out.status.success(),
+            status: out.status.to_string(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Apply an nft script as one atomic transaction.
+    pub async fn nft(&self, script: &str) -> Result<(), ApplyError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .run("nft", &["-f", "-"], Some(script.as_bytes()))
+            .await?;
+        if out.success {
+            Ok(())
+        } else {
+            Err(ApplyError::Failed {
+                program: "nft".into(),
+                status: out.status,
+                stderr: truncate(out.stderr),
+            })
+        }
+    }
+
+    /// Delete the conntrack entries matching `filter`. "Nothing matched" is success.
+    pub async fn conntrack_delete(&self, filter: &ConntrackFilter) -> Result<(), ApplyError> {
+        let args = filter.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run("conntrack", &args, None).await?;
+        // conntrack exits 1 with "0 flow entries have been deleted" when nothing matched.
+        if out.success || out.stderr.contains("0 flow entries") {
+            Ok(())
+        } else {
+            Err(ApplyError::Failed {
+                program: "conntrack".into(),
+                status: out.status,
+                stderr: truncate(out.stderr),
+            })
+        }
+    }
+
+    /// Run `ip args...`.
+    pub async fn ip(&self, args: &[&str]) -> Result<String, ApplyError> {
+        let out = self.run("ip", args, None).await?;
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(ApplyError::Failed {
+                program: format!("ip {}", args.join(" ")),
+                status: out.status,
+                stderr: truncate(out.stderr),
+            })
+        }
+    }
+}
+
+struct Output {
+    success: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > 4000 {
+        let mut cut = 4000;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Which UDP flows to forget.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConntrackFilter {
+    /// Flows to a service address that were DNATed to an endpoint which is gone.
+    ServiceToEndpoint {
+        service_ip: IpAddr,
+        endpoint_ip: IpAddr,
+    },
+    /// Flows to a node port DNATed to an endpoint which is gone.
+    NodePortToEndpoint { node_port: u16, endpoint_ip: IpAddr },
+    /// Flows to a service address and port that was not served before (they never reached a pod).
+    ServicePort { service_ip: IpAddr, port: u16 },
+}
+
+impl ConntrackFilter {
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec!["-D".into(), "-p".into(), "udp".into()];
+        match self {
+            ConntrackFilter::ServiceToEndpoint {
+                service_ip,
+                endpoint_ip,
+            } => {
+                a.extend(["--orig-dst".into(), service_ip.to_string()]);
+                a.extend(["--dst-nat".into(), endpoint_ip.to_string()]);
+            }
+            ConntrackFilter::NodePortToEndpoint {
+                node_port,
+                endpoint_ip,
+            } => {
+                a.extend(["--orig-port-dst".into(), node_port.to_string()]);
+                a.extend(["--dst-nat".into(), endpoint_ip.to_string()]);
+            }
+            ConntrackFilter::ServicePort { service_ip, port } => {
+                a.extend(["--orig-dst".into(), service_ip.to_string()]);
+                a.extend(["--orig-port-dst".into(), port.to_string()]);
+            }
+        }
+        a
+    }
+}
+
+/// The UDP conntrack entries made stale by a service changing from `old` to `new` (pure). UDP has no
+/// connection end, so without this a client keeps sending to a dead pod (the DNS blackhole).
+pub fn stale_udp_flows(
+    old: Option<&ServiceModel>,
+    new: Option<&ServiceModel>,
+) -> Vec<ConntrackFilter> {
+    let mut out = Vec::new();
+    let empty = ServiceModel::default();
+    let old = old.unwrap_or(&empty);
+    let new = new.unwrap_or(&empty);
+    for p in old
+        .ports
+        .iter()
+        .filter(|p| p.name.protocol == Protocol::Udp)
+    {
+        let after = new.ports.iter().find(|n| n.name == p.name);
+        let still = |ip: &IpAddr| {
+            after.is_some_and(|n| {
+                n.cluster_endpoints
+                    .iter()
+                    .chain(&n.local_endpoints)
+                    .any(|e| &e.ip == ip)
+            })
+        };
+        let mut gone: Vec<IpAddr> = p
+            .cluster_endpoints
+            .iter()
+            .chain(&p.local_endpoints)
+            .map(|e| e.ip)
+            .filter(|ip| !still(ip))
+            .collect();
+        gone.sort();
+        gone.dedup();
+        for ep in gone {
+            for sip in p.service_ips() {
+                out.push(ConntrackFilter::ServiceToEndpoint {
+                    service_ip: *sip,
+                    endpoint_ip: ep,
+                });
+            }
+            if let Some(np) = p.node_port {
+                out.push(ConntrackFilter::NodePortToEndpoint {
+                    node_port: np,
+                    endpoint_ip: ep,
+                });
+            }
+        }
+    }
+    for n in new
+        .ports
+        .iter()
+        .filter(|p| p.name.protocol == Protocol::Udp)
+    {
+        let before = old.ports.iter().find(|p| p.name == n.name);
+        if n.has_endpoints() && !before.is_some_and(|b| b.has_endpoints()) {
+            for sip in n.service_ips() {
+                out.push(ConntrackFilter::ServicePort {
+                    service_ip: *sip,
+                    port: n.name.port,
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
