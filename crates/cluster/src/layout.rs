@@ -273,7 +273,15 @@ impl Layout {
             "/usr/lib/cni".into(),
             "--internal-kubeconfig".into(),
             internal,
+            "--cluster-dns".into(),
+            self.dns_ip().to_string(),
         ]
+    }
+
+    /// The cluster DNS Service address: the tenth address of the service range, as kubeadm picks it
+    /// (10.96.0.10 for the default range).
+    pub fn dns_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.service_cidr.network()) + 10)
     }
 
     /// The agent's data dir (pod records live under `pods/<uid>/state.json`).
@@ -341,7 +349,7 @@ mod tests {
              --node-ip 172.30.0.3 --data-dir /var/lib/skiff/skiff/nodes/2/state \
              --cni-conf-dir /var/lib/skiff/skiff/nodes/2/cni/net.d \
              --cni-bin-dir /var/lib/skiff/skiff/nodes/2/cni/bin --cni-bin-dir /usr/lib/cni \
-             --internal-kubeconfig /var/lib/skiff/skiff/server/kubeconfig.internal"
+             --internal-kubeconfig /var/lib/skiff/skiff/server/kubeconfig.internal --cluster-dns 10.96.0.10"
         );
     }
 

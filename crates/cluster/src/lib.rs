@@ -277,7 +277,7 @@ pub async fn up(opts: &Options) -> Result<Cluster, Error> {
     }
 
     if opts.dns_replicas > 0 {
-        create_dns(&client, opts.dns_replicas).await?;
+        create_dns(&client, &layout, opts.dns_replicas).await?;
     }
 
     progress.step("waiting for nodes to be Ready");
@@ -416,11 +416,11 @@ where
     }
 }
 
-async fn create_dns(client: &kube::Client, replicas: i32) -> Result<(), Error> {
+async fn create_dns(client: &kube::Client, layout: &Layout, replicas: i32) -> Result<(), Error> {
     let ns = "kube-system";
     create_or_keep(
         &Api::<Service>::namespaced(client.clone(), ns),
-        system::dns_service(defaults::KUBE_DNS_SERVICE_IP),
+        system::dns_service(&layout.dns_ip().to_string()),
         "service kube-system/kube-dns",
     )
     .await?;

@@ -1,24 +1,154 @@
 //! The `skiff` binary: argument parsing and wiring only.
 
-use clap::{Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use skiff_runtime::NodeIdentity;
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "Kubernetes networking, whole, in one binary")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Kubernetes networking, whole, in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Start a cluster on this machine: control plane in the host, nodes in network namespaces.
+    Up(skiff_cluster::Options),
+    /// Stop a cluster started by `skiff up` and remove everything it made.
+    Down(skiff_cluster::DownOptions),
+    /// Show a cluster's server, nodes and system pods.
+    Status(skiff_cluster::StatusOptions),
+    /// The control plane: API server and controllers in one process.
+    Server(ServerArgs),
+    /// The node agent (kubelet) of one node.
+    Agent(AgentArgs),
+    /// Cluster DNS (the `skiff/dns` image).
+    Dns(DnsArgs),
+    /// The demo HTTP server (the `ikubernetes/demoapp` image).
+    Demoapp(skiff_node::demoapp::Options),
+    /// Run as a CNI plugin (CNI_COMMAND etc. in the environment, network configuration on stdin).
+    Cni,
+}
 
-fn main() -> anyhow::Result<()> {
+#[derive(Args)]
+struct ServerArgs {
+    #[command(flatten)]
+    api: skiff_api::Options,
+    #[command(flatten)]
+    controllers: skiff_controllers::Options,
+}
+
+#[derive(Args)]
+struct KubeconfigArg {
+    /// Kubeconfig of the cluster to join.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    kubeconfig: KubeconfigArg,
+    /// This node's name.
+    #[arg(long)]
+    node_name: String,
+    /// This node's address on the node network (its InternalIP).
+    #[arg(long)]
+    node_ip: IpAddr,
+    #[command(flatten)]
+    node: skiff_node::Options,
+}
+
+#[derive(Args)]
+struct DnsArgs {
+    #[command(flatten)]
+    kubeconfig: KubeconfigArg,
+    #[command(flatten)]
+    dns: skiff_dns::Options,
+}
+
+fn main() {
+    // CNI plugins are exec'd by their type name: a `skiff-cni` symlink to this binary is the plugin.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "skiff-cni")
+    {
+        std::process::exit(skiff_cni::plugin_main());
+    }
+    let cli = Cli::parse();
+    if let Command::Cni = cli.command {
+        std::process::exit(skiff_cni::plugin_main());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {}
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(cli.command)));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn client(k: &KubeconfigArg) -> anyhow::Result<kube::Client> {
+    Ok(skiff_runtime::client_from_kubeconfig(&k.kubeconfig).await?)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(opts) => {
+            skiff_cluster::up(&opts).await?;
+        }
+        Command::Down(opts) => {
+            skiff_cluster::down(&opts).await?;
+        }
+        Command::Status(opts) => {
+            print!("{}", skiff_cluster::status(&opts).await?);
+        }
+        Command::Server(args) => {
+            let config = skiff_api::ServerConfig::from_options(&args.api)?;
+            let server = skiff_api::serve(config).await?;
+            let client = skiff_runtime::client_from_kubeconfig(&server.kubeconfig_path).await?;
+            let controllers = tokio::spawn(skiff_controllers::run(client, args.controllers));
+            tokio::select! {
+                _ = server.wait() => anyhow::bail!("the API server stopped"),
+                res = controllers => {
+                    res.context("controllers task")??;
+                    anyhow::bail!("the controllers stopped");
+                }
+            }
+        }
+        Command::Agent(args) => {
+            let client = client(&args.kubeconfig).await?;
+            let node = NodeIdentity {
+                name: args.node_name,
+                ip: args.node_ip,
+            };
+            skiff_node::run(client, node, args.node).await?;
+        }
+        Command::Dns(args) => {
+            let client = client(&args.kubeconfig).await?;
+            skiff_dns::run(client, args.dns).await?;
+        }
+        Command::Demoapp(opts) => {
+            skiff_node::demoapp::run(opts.listen()).await?;
+        }
+        Command::Cni => unreachable!("handled before the runtime starts"),
+    }
+    Ok(())
 }

@@ -1,0 +1,361 @@
+//! End-to-end: `skiff up` builds a real embedded cluster (host bridge, node namespaces, server and agent
+//! processes) under unique names, and `skiff down` removes every trace of it. A Drop guard runs
+//! `skiff down` even when an assertion fails midway.
+//!
+//! Also the harness later end-to-end tests build on: kubectl with the cluster's kubeconfig, and commands
+//! inside a node's or a pod's network namespace.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// A cluster under test: unique name, bridge, node network, pod/service ranges, API port and data dir.
+pub struct TestCluster {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub nodes: u32,
+    pub octet: u8,
+    pub api_port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+fn unique() -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::process::id().wrapping_mul(2654435761) ^ nanos
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+impl TestCluster {
+    pub fn new(nodes: u32) -> TestCluster {
+        let u = unique();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        TestCluster {
+            name: format!("e2e-{:06x}", u & 0xff_ffff),
+            data_dir: tmp.path().join("data"),
+            nodes,
+            // 172.31.<octet>.0/24 and matching pod/service ranges: distinct from the default cluster's and,
+            // with high probability, from concurrently running tests'.
+            octet: (u % 250) as u8 + 1,
+            api_port: free_port(),
+            _tmp: tmp,
+        }
+    }
+
+    pub fn node_network(&self) -> String {
+        format!("172.31.{}.0/24", self.octet)
+    }
+    pub fn cluster_cidr(&self) -> String {
+        format!("10.{}.0.0/16", 200 + self.octet % 50)
+    }
+    pub fn service_cidr(&self) -> String {
+        format!("10.{}.0.0/16", 150 + self.octet % 50)
+    }
+    pub fn node_ip(&self, i: u32) -> String {
+        format!("172.31.{}.{}", self.octet, 1 + i)
+    }
+    pub fn node_netns(&self, i: u32) -> String {
+        format!("skiff-{}-node-{i}", self.name)
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("server/kubeconfig")
+    }
+
+    pub fn up(&self, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(SKIFF);
+        cmd.args([
+            "up",
+            "--name",
+            &self.name,
+            "--nodes",
+            &self.nodes.to_string(),
+        ])
+        .args(["--data-dir", &self.data_dir.display().to_string()])
+        .args(["--node-network", &self.node_network()])
+        .args([
+            "--cluster-cidr",
+            &self.cluster_cidr(),
+            "--service-cidr",
+            &self.service_cidr(),
+        ])
+        .args([
+            "--lb-pool",
+            &format!("172.31.{0}.200-172.31.{0}.250", self.octet),
+        ])
+        .args(["--api-port", &self.api_port.to_string(), "--timeout", "60"])
+        .args(extra);
+        cmd.output().expect("running skiff up")
+    }
+
+    pub fn down(&self) -> Output {
+        Command::new(SKIFF)
+            .args([
+                "down",
+                "--name",
+                &self.name,
+                "--data-dir",
+                &self.data_dir.display().to_string(),
+            ])
+            .output()
+            .expect("running skiff down")
+    }
+
+    /// `kubectl --kubeconfig <cluster> args...`
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// A command inside node `i`'s network namespace.
+    pub fn in_node(&self, i: u32, cmd: &[&str]) -> Output {
+        in_netns(&self.node_netns(i), cmd)
+    }
+
+    /// Everything of this cluster still present in the kernel or the process table.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let prefix = format!("skiff-{}-", self.name);
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with(&prefix) {
+                    left.push(format!("netns {n}"));
+                }
+            }
+        }
+        let links = Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .expect("ip link");
+        let routes = Command::new("ip")
+            .args(["-4", "route", "show"])
+            .output()
+            .expect("ip route");
+        let net = format!("172.31.{}.", self.octet);
+        for l in String::from_utf8_lossy(&routes.stdout).lines() {
+            if l.contains(&net) {
+                left.push(format!("route {l}"));
+            }
+        }
+        let bridge = bridge_of(&self.name);
+        for l in String::from_utf8_lossy(&links.stdout).lines() {
+            if l.contains(&format!(" {bridge}:")) || l.contains(&format!("master {bridge} ")) {
+                left.push(format!("link {l}"));
+            }
+        }
+        let dd = self.data_dir.display().to_string();
+        for pid in processes_mentioning(&dd) {
+            left.push(format!("process {pid}"));
+        }
+        if self.data_dir.exists() {
+            left.push(format!("data dir {dd}"));
+        }
+        left
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let out = self.down();
+        if !out.status.success() {
+            eprintln!("cleanup `skiff down` failed: {}", text(&out));
+        }
+    }
+}
+
+/// The bridge name `skiff up` derives (layout::bridge_name), recomputed from what `ip` shows: the link whose
+/// address is the cluster's `.1`. Kept independent of the crate so the test checks what users see.
+fn bridge_of(name: &str) -> String {
+    let plain = format!("sk-{name}");
+    if plain.len() <= 15 {
+        return plain;
+    }
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("sk-{:08x}", h as u32)
+}
+
+pub fn in_netns(netns: &str, cmd: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(cmd)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// Pids whose command line mentions `needle` (our data dir is in every server/agent command line).
+fn processes_mentioning(needle: &str) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+fn pid_file(dir: &Path, name: &str) -> u32 {
+    std::fs::read_to_string(dir.join("run").join(format!("{name}.pid")))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn up_builds_a_ready_cluster_and_down_removes_every_trace() {
+    let c = TestCluster::new(2);
+    let out = c.up(&[]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("export KUBECONFIG={}", c.kubeconfig().display())),
+        "{stdout}"
+    );
+
+    // What a user sees: both nodes Ready in kubectl, with their node IPs.
+    let nodes = c.kubectl(&["get", "nodes", "-o", "wide", "--no-headers"]);
+    let listing = String::from_utf8_lossy(&nodes.stdout).to_string();
+    assert!(nodes.status.success(), "{}", text(&nodes));
+    for i in 1..=2 {
+        let line = listing
+            .lines()
+            .find(|l| l.starts_with(&format!("node-{i} ")))
+            .unwrap_or_else(|| panic!("node-{i} missing:\n{listing}"));
+        assert!(line.contains(" Ready "), "{line}");
+        assert!(line.contains(&c.node_ip(i)), "{line}");
+    }
+
+    // The host reaches the nodes over the bridge, and node 1 reaches node 2 and the host.
+    let ping = Command::new("ping")
+        .args(["-c1", "-W2", &c.node_ip(1)])
+        .output()
+        .expect("ping");
+    assert!(ping.status.success(), "host -> node-1: {}", text(&ping));
+    let ping = c.in_node(1, &["ping", "-c1", "-W2", &c.node_ip(2)]);
+    assert!(ping.status.success(), "node-1 -> node-2: {}", text(&ping));
+
+    // `skiff status` reports the server and both nodes Ready.
+    let st = Command::new(SKIFF)
+        .args([
+            "status",
+            "--name",
+            &c.name,
+            "--data-dir",
+            &c.data_dir.display().to_string(),
+        ])
+        .output()
+        .expect("skiff status");
+    let st_out = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(st.status.success(), "{}", text(&st));
+    assert!(st_out.starts_with("server: running"), "{st_out}");
+    assert_eq!(
+        st_out
+            .lines()
+            .filter(|l| l.starts_with("node-") && l.contains(" Ready "))
+            .count(),
+        2,
+        "{st_out}"
+    );
+
+    let before = c.leftovers();
+    assert!(before.iter().any(|l| l.starts_with("netns")), "{before:?}");
+    let out = c.down();
+    assert!(out.status.success(), "skiff down failed: {}", text(&out));
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+    // Idempotent.
+    let again = c.down();
+    assert!(
+        again.status.success(),
+        "second skiff down: {}",
+        text(&again)
+    );
+}
+
+#[test]
+fn down_and_up_clean_up_after_a_crash() {
+    let c = TestCluster::new(1);
+    let out = c.up(&["--dns-replicas", "0"]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    // Crash: SIGKILL the server and the agent; namespaces, bridge and routes stay behind.
+    for name in ["server", "node-1"] {
+        let pid = pid_file(&c.data_dir, name);
+        assert!(pid > 1, "{name} pid file");
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(wait_until(Duration::from_secs(5), || processes_mentioning(
+        &c.data_dir.display().to_string()
+    )
+    .is_empty()));
+    assert!(!c.leftovers().is_empty());
+
+    // A new `skiff up` of the same name removes the leftovers first and comes up again.
+    let out = c.up(&["--dns-replicas", "0"]);
+    assert!(
+        out.status.success(),
+        "second skiff up failed: {}",
+        text(&out)
+    );
+    let nodes = c.kubectl(&["get", "nodes", "--no-headers"]);
+    assert!(
+        String::from_utf8_lossy(&nodes.stdout).contains(" Ready "),
+        "{}",
+        text(&nodes)
+    );
+
+    let out = c.down();
+    assert!(out.status.success(), "skiff down failed: {}", text(&out));
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
