@@ -366,6 +366,30 @@ fn route(path: &str, h: &HeaderMap, ctx: &Ctx) -> Route {
     })
 }
 
+/// Read a request body of at most 3 MiB. A larger one is drained (up to a hard cap) before the 413 reply, so
+/// HTTP/2 clients get the Status instead of a reset stream.
+async fn read_body(mut body: Incoming) -> ApiResult<Bytes> {
+    const DRAIN_CAP: usize = 64 << 20;
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > DRAIN_CAP {
+                break;
+            }
+        }
+    }
+    if total > MAX_BODY {
+        return Err(ApiError::too_large());
+    }
+    Ok(buf.freeze())
+}
+
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -386,18 +410,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
             return err_resp(&ApiError::unauthorized());
         }
     }
-    // Bounded body read: oversized → 413 without buffering the rest.
-    let limited = http_body_util::Limited::new(body, MAX_BODY);
-    let body = match limited.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return err_resp(&ApiError::too_large());
-            }
-            return err_resp(&ApiError::bad_request(format!("reading request body: {e}")));
-        }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return err_resp(&e),
     };
     if path == "/openapi/v3" || path == "/openapi/v3/" {
         return json_resp(200, &discovery::openapi_root());
