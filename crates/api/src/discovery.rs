@@ -49,6 +49,9 @@ fn aggregated_resource(r: &Resource) -> Value {
     if r.has(Sub::Status) {
         subs.push(json!({"subresource": "status", "responseKind": {"group": r.group, "version": r.version, "kind": r.kind}, "verbs": ["get", "patch", "update"]}));
     }
+    if r.group.is_empty() && r.kind == "Pod" {
+        subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+    }
     let mut v = json!({
         "resource": r.plural,
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
@@ -157,6 +160,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         resources.push(v);
         if r.has(Sub::Status) {
             resources.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if r.group.is_empty() && r.kind == "Pod" {
+            resources.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
         }
         if r.has(Sub::Scale) {
             resources.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));

@@ -450,6 +450,15 @@ async fn dispatch(
 ) -> ApiResult<Response<Body>> {
     let res = t.res;
     let ns = if res.namespaced { t.ns.clone() } else { None };
+    if t.sub.as_deref() == Some("binding") && res.group.is_empty() && res.kind == "Pod" {
+        let (Some(ns), Some(name), true) =
+            (t.ns.as_deref(), t.name.as_deref(), *method == Method::POST)
+        else {
+            return Err(ApiError::method_not_allowed());
+        };
+        let b = decode_object(h, &body)?;
+        return bind_pod(ctx, res, ns, name, &b, q).await;
+    }
     if let Some(s) = &t.sub {
         let known =
             (s == "status" && res.has(Sub::Status)) || (s == "scale" && res.has(Sub::Scale));
@@ -1412,6 +1421,68 @@ fn apply_err<'a>(res: &'a Resource, name: &'a str) -> impl Fn(apply::ApplyError)
         }
         apply::ApplyError::Invalid(m) => ApiError::bad_request(m),
     }
+}
+
+/// `POST pods/{name}/binding` (the scheduler): set spec.nodeName once.
+async fn bind_pod(
+    ctx: &Ctx,
+    res: &'static Resource,
+    ns: &str,
+    name: &str,
+    binding: &Value,
+    q: &Query,
+) -> ApiResult<Response<Body>> {
+    let opts = WriteOpts::from_query(q, "unknown")?;
+    let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            name,
+            &[Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value".into(),
+                field: "target.name".into(),
+            }],
+        ));
+    }
+    for _ in 0..8 {
+        let cur = get_kv(ctx, res, Some(ns), name).await?;
+        let mut pod = from_kv(&cur)?;
+        if let Some(n) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict(
+                "",
+                "pods/binding",
+                name,
+                &format!("pod {name} is already assigned to node \"{n}\""),
+            ));
+        }
+        if meta(&pod)["deletionTimestamp"].is_string() {
+            return Err(ApiError::conflict(
+                "",
+                "pods/binding",
+                name,
+                &format!("pod {name} is being deleted, cannot be assigned to a host"),
+            ));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        if opts.dry_run {
+            break;
+        }
+        match ctx
+            .store
+            .update(&res.key(Some(ns), name), to_stored(&pod), cur.mod_revision)
+            .await
+        {
+            Ok(_) => break,
+            Err(skiff_store::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(store_err(res, name, e)),
+        }
+    }
+    Ok(json_resp(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 // ---------- delete ----------

@@ -448,6 +448,62 @@ async fn kube_rs_list_watch_patch() {
     assert!(seen);
 }
 
+/// The scheduler's binding subresource and graceful pod deletion as the kubelet sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_binding_and_graceful_delete() {
+    use k8s_openapi::api::core::v1::{Binding, Pod};
+    let s = TestServer::start().await.expect("server");
+    let client = s.client().await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let binding: Binding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "node-1"}
+    }))
+    .expect("binding");
+    let _: serde_json::Value = pods
+        .create_subresource("binding", "p", &PostParams::default(), &binding)
+        .await
+        .expect("bind");
+    let got = pods.get("p").await.expect("get");
+    assert_eq!(
+        got.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("node-1")
+    );
+    let again = pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "p",
+            &PostParams::default(),
+            &binding,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(kube::Error::Api(ref e)) if e.code == 409),
+        "{again:?}"
+    );
+    // A bound pod is only marked for deletion; the kubelet's grace-0 delete removes it.
+    pods.delete("p", &Default::default()).await.expect("delete");
+    let marked = pods.get("p").await.expect("still there");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    pods.delete(
+        "p",
+        &kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("delete now");
+    assert!(pods.get_opt("p").await.expect("get").is_none());
+}
+
 /// Allocations are derived from stored Services at start: a restarted server does not hand out a taken IP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_data_and_allocations() {
