@@ -30,8 +30,9 @@ const TABLE_CT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 pub struct Ctx {
     pub store: Arc<dyn Store>,
     token: String,
-    /// Serializes Service writes with their allocations.
-    alloc: tokio::sync::Mutex<Allocators>,
+    /// ClusterIP / NodePort allocations. Held only while deciding (never across a store write): an allocation
+    /// is reserved before the write and given back if the write fails, so concurrent writers never share one.
+    alloc: parking_lot::Mutex<Allocators>,
     advertise: IpAddr,
     port: u16,
 }
@@ -55,7 +56,7 @@ impl Ctx {
         Ok(Arc::new(Self {
             store,
             token,
-            alloc: tokio::sync::Mutex::new(alloc),
+            alloc: parking_lot::Mutex::new(alloc),
             advertise: cfg.advertise_address,
             port,
         }))
@@ -983,8 +984,8 @@ async fn create_prepared(
     }
     let key = res.key(ns, &name);
     if is_service(res) {
-        let mut alloc = ctx.alloc.lock().await;
-        alloc
+        ctx.alloc
+            .lock()
             .allocate(&mut obj, None, opts.dry_run)
             .map_err(|c| ApiError::invalid(res.group, res.kind, &name, &c))?;
         if opts.dry_run {
@@ -996,7 +997,7 @@ async fn create_prepared(
         match ctx.store.create(&key, to_stored(&obj)).await {
             Ok(kv) => Ok(with_rv(obj, kv.mod_revision)),
             Err(e) => {
-                alloc.release(&held_by(&obj));
+                ctx.alloc.lock().release(&held_by(&obj));
                 Err(store_err(res, &name, e))
             }
         }
@@ -1139,13 +1140,11 @@ async fn finish_update(
         && meta(&new)["finalizers"]
             .as_array()
             .is_none_or(|f| f.is_empty());
-    let mut alloc_guard = if is_service(res) {
-        Some(ctx.alloc.lock().await)
-    } else {
-        None
-    };
-    if let Some(a) = alloc_guard.as_mut() {
-        a.allocate(&mut new, Some(&old), opts.dry_run)
+    let svc = is_service(res);
+    if svc {
+        ctx.alloc
+            .lock()
+            .allocate(&mut new, Some(&old), opts.dry_run)
             .map_err(|c| ApiError::invalid(res.group, res.kind, name, &c))?;
     }
     if strip_volatile(&new) == strip_volatile(&old) && !deleting {
@@ -1158,8 +1157,8 @@ async fn finish_update(
     if deleting {
         return match ctx.store.delete(&key, Some(cur.mod_revision)).await {
             Ok(kv) => {
-                if let Some(a) = alloc_guard.as_mut() {
-                    a.release(&held_by(&old));
+                if svc {
+                    ctx.alloc.lock().release(&held_by(&old));
                 }
                 Ok(UpdateOutcome::Written(with_rv(new, kv.mod_revision)))
             }
@@ -1175,15 +1174,19 @@ async fn finish_update(
         .await
     {
         Ok(kv) => {
-            if let Some(a) = alloc_guard.as_mut() {
-                a.release_diff(&held_by(&old), &held_by(&new));
+            if svc {
+                ctx.alloc
+                    .lock()
+                    .release_diff(&held_by(&old), &held_by(&new));
             }
             Ok(UpdateOutcome::Written(with_rv(new, kv.mod_revision)))
         }
         Err(e) => {
-            if let Some(a) = alloc_guard.as_mut() {
+            if svc {
                 // Give back what this attempt newly took.
-                a.release_diff(&held_by(&new), &held_by(&old));
+                ctx.alloc
+                    .lock()
+                    .release_diff(&held_by(&new), &held_by(&old));
             }
             match e {
                 skiff_store::Error::Conflict { .. } => Ok(UpdateOutcome::Stale),
@@ -1621,19 +1624,14 @@ async fn delete_one(
         if is_ns {
             delete_namespace_contents(ctx, name).await?;
         }
-        let guard = if is_service(res) {
-            Some(ctx.alloc.lock().await)
-        } else {
-            None
-        };
         match ctx
             .store
             .delete(&res.key(ns, name), Some(cur.mod_revision))
             .await
         {
             Ok(kv) => {
-                if let Some(mut a) = guard {
-                    a.release(&held_by(&obj));
+                if is_service(res) {
+                    ctx.alloc.lock().release(&held_by(&obj));
                 }
                 return Ok(with_rv(obj, kv.mod_revision));
             }
@@ -1652,17 +1650,13 @@ async fn delete_namespace_contents(ctx: &Ctx, ns: &str) -> ApiResult<()> {
             .list(&r.ns_prefix(Some(ns)), ListOptions::default())
             .await?;
         for kv in items.items {
-            let guard = if is_service(r) {
-                Some(ctx.alloc.lock().await)
-            } else {
-                None
-            };
             match ctx.store.delete(&kv.key, None).await {
-                Ok(_) => {
-                    if let (Some(mut a), Ok(v)) =
-                        (guard, serde_json::from_slice::<Value>(&kv.value))
-                    {
-                        a.release(&held_by(&v));
+                Ok(deleted) => {
+                    if let (true, Ok(v)) = (
+                        is_service(r),
+                        serde_json::from_slice::<Value>(&deleted.value),
+                    ) {
+                        ctx.alloc.lock().release(&held_by(&v));
                     }
                 }
                 Err(skiff_store::Error::NotFound(_)) => {}
@@ -1885,7 +1879,7 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
     }
     let svcr =
         registry::find("", "v1", "services").ok_or_else(|| Error::Bootstrap("services".into()))?;
-    let first_ip = ctx.alloc.lock().await.first_ip().to_string();
+    let first_ip = ctx.alloc.lock().first_ip().to_string();
     if ctx
         .store
         .get(&svcr.key(Some("default"), "kubernetes"))
