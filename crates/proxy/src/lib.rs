@@ -192,8 +192,27 @@ fn name_ns(meta: &kube::api::ObjectMeta) -> (String, String) {
     )
 }
 
-/// Run the service proxy until a watch ends for good.
+/// Run the service proxy until a watch ends for good (in this network namespace: the node's).
 pub async fn run(client: kube::Client, node: NodeIdentity, options: Options) -> Result<(), Error> {
+    run_in(
+        client,
+        node,
+        options,
+        Runner::new(),
+        IpAddr::from([0, 0, 0, 0]),
+    )
+    .await
+}
+
+/// `run` with the data-plane commands sent through `runner` (e.g. into a test's namespace) and the health
+/// check node ports bound on `health_bind`.
+pub async fn run_in(
+    client: kube::Client,
+    node: NodeIdentity,
+    options: Options,
+    runner: Runner,
+    health_bind: IpAddr,
+) -> Result<(), Error> {
     let ProxyMode::Nftables = options.proxy_mode;
     let cfg = RenderConfig {
         table: "skiff-proxy".into(),
@@ -322,13 +341,12 @@ pub async fn run(client: kube::Client, node: NodeIdentity, options: Options) -> 
     }
     tracing::info!(node = %node.name, "service proxy caches synced; programming nftables table skiff-proxy");
 
-    let proxier = Arc::new(tokio::sync::Mutex::new(Proxier::new(cfg, Runner::new())));
+    let proxier = Arc::new(tokio::sync::Mutex::new(Proxier::new(cfg, runner.clone())));
     let health = Arc::new(tokio::sync::Mutex::new(http::HealthServers::new(
-        IpAddr::from([0, 0, 0, 0]),
+        health_bind,
     )));
     let announcer = Arc::new(tokio::sync::Mutex::new(announce::Announcer::new(
-        Runner::new(),
-        node.ip,
+        runner, node.ip,
     )));
     trigger.request();
     let sync_loop = {

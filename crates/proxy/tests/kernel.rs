@@ -560,3 +560,137 @@ async fn restart_resyncs_fully_and_removes_stale_rules() {
         POD_A
     );
 }
+
+/// GET http://addr/path → (status, body).
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The whole agent (`run_in`) against a real API server: objects written through the API become rules,
+/// metrics and health check node ports are served, and a removed endpoint is unprogrammed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_programs_services_from_the_api() {
+    use kube::api::{Api, DeleteParams, PostParams};
+    if !is_root() {
+        return;
+    }
+    let mut topo = Topology::new();
+    topo.start_servers();
+    let api = skiff_api::testing::TestServer::start()
+        .await
+        .expect("api server");
+    let client = api.client().await.expect("client");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    services
+        .create(
+            &PostParams::default(),
+            &service("web", web_spec("10.96.0.60", json!({}))),
+        )
+        .await
+        .expect("create service");
+    slices
+        .create(
+            &PostParams::default(),
+            &slice("web", &[(POD_A, "node-1"), (POD_B, "node-2")]),
+        )
+        .await
+        .expect("create slice");
+    let lb = services
+        .create(
+            &PostParams::default(),
+            &service(
+                "lb",
+                web_spec("10.96.0.61", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]})),
+            ),
+        )
+        .await
+        .expect("create LB service");
+    slices
+        .create(&PostParams::default(), &slice("lb", &[(POD_A, "node-1")]))
+        .await
+        .expect("create slice");
+    let hc_port = lb.spec.as_ref().and_then(|s| s.health_check_node_port);
+
+    let base = 20000 + (rand::random::<u16>() % 20000);
+    let options = skiff_proxy::Options {
+        proxy_metrics_addr: format!("127.0.0.1:{base}").parse().unwrap(),
+        proxy_healthz_addr: format!("127.0.0.1:{}", base + 1).parse().unwrap(),
+        ..Default::default()
+    };
+    let node = skiff_runtime::NodeIdentity {
+        name: "node-1".into(),
+        ip: NODE_IP.parse().unwrap(),
+    };
+    let agent = tokio::spawn(skiff_proxy::run_in(
+        client.clone(),
+        node,
+        options,
+        Runner::in_netns(topo.node.clone()),
+        "127.0.0.1".parse().unwrap(),
+    ));
+    let client_ns = topo.client.clone();
+    eventually("ClusterIP served", || {
+        tcp(&client_ns, "10.96.0.60:80").is_ok()
+    })
+    .await;
+
+    let (status, metrics) = http_get(&format!("127.0.0.1:{base}"), "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds"),
+        "{metrics}"
+    );
+    let (status, _) = http_get(&format!("127.0.0.1:{}", base + 1), "/healthz")
+        .await
+        .expect("healthz");
+    assert_eq!(status, 200);
+
+    // The API server allocates a health check node port for ETP=Local LoadBalancers; it answers with the
+    // local endpoint count.
+    if let Some(port) = hc_port {
+        let (status, body) = http_get(&format!("127.0.0.1:{port}"), "/")
+            .await
+            .expect("health check");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"localEndpoints\": 1"), "{body}");
+        assert!(body.contains("\"name\": \"lb\""), "{body}");
+    } else {
+        eprintln!("API server allocated no healthCheckNodePort; health check server not exercised");
+    }
+
+    // Endpoints gone: the service rejects at once.
+    slices
+        .delete("web-1", &DeleteParams::default())
+        .await
+        .expect("delete slice");
+    eventually("no-endpoint rejection", || {
+        tcp(&client_ns, "10.96.0.60:80").is_err_and(|e| e.contains("Connection refused"))
+    })
+    .await;
+    agent.abort();
+}

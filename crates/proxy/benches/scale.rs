@@ -1,0 +1,341 @@
+//! Service proxy at scale, in network namespaces this benchmark creates (and removes):
+//! - full sync of N services × E endpoints into the kernel (one `nft -f -` transaction),
+//! - one endpoint change among them (incremental sync) — p50 / p99,
+//! - new TCP connections per second through a ClusterIP with 10 and with N services installed,
+//! - process memory (objects + model + installed program) at N services.
+//!
+//! Run: `cargo bench -p skiff-proxy --bench scale` (as root). Environment: SKIFF_BENCH_SERVICES (10000),
+//! SKIFF_BENCH_ENDPOINTS (10), SKIFF_BENCH_CHANGES (200), SKIFF_BENCH_CONN_SECS (3).
+//! The binary re-executes itself inside the namespaces (`__serve`, `__connect`) for the connection test.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+use skiff_proxy::apply::Runner;
+use skiff_proxy::model::NodeContext;
+use skiff_proxy::nft::RenderConfig;
+use skiff_proxy::proxier::{Proxier, State};
+
+const SERVER_IP: &str = "10.243.255.2";
+const REAL_CLUSTER_IP: &str = "10.111.255.1";
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_mb() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Netns(Vec<String>, Vec<std::process::Child>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.1 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn cluster_ip(i: usize) -> String {
+    let n = u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32;
+    Ipv4Addr::from(n).to_string()
+}
+
+fn endpoint_ip(i: usize) -> String {
+    let n = u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 2 + i as u32;
+    Ipv4Addr::from(n).to_string()
+}
+
+fn service(name: &str, ip: &str) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "bench"},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}))
+    .expect("service")
+}
+
+fn slice(service: &str, ips: &[String]) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{service}-1"), "namespace": "bench", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "nodeName": "node-1", "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }))
+    .expect("slice")
+}
+
+/// `__serve`: accept, write a byte, close — forever.
+fn serve() {
+    let l = TcpListener::bind("0.0.0.0:8080").expect("bind");
+    for s in l.incoming().flatten() {
+        let mut s = s;
+        let _ = s.write_all(b"x");
+    }
+}
+
+/// `__connect addr secs`: connections per second (connect, read one byte, close).
+fn connect(addr: &str, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0u64;
+    let mut errors = 0u64;
+    let start = Instant::now();
+    while Instant::now() < end {
+        match TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(1)) {
+            Ok(mut s) => {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).is_ok() {
+                    n += 1;
+                } else {
+                    errors += 1;
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    println!("{} {}", n as f64 / start.elapsed().as_secs_f64(), errors);
+}
+
+fn conn_rate(node_ns: &str, secs: u64) -> f64 {
+    let exe = std::env::current_exe().expect("exe");
+    let out = Command::new("ip")
+        .args(["netns", "exec", node_ns])
+        .arg(exe)
+        .args([
+            "__connect",
+            &format!("{REAL_CLUSTER_IP}:80"),
+            &secs.to_string(),
+        ])
+        .output()
+        .expect("connect");
+    let s = String::from_utf8_lossy(&out.stdout);
+    let mut it = s.split_whitespace();
+    let rate: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let errors: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if errors > 0 {
+        eprintln!("  ({errors} failed connections)");
+    }
+    rate
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn build_state(n: usize, e: usize) -> State {
+    let mut st = State::new(NodeContext {
+        name: "node-1".into(),
+        ips: vec!["172.30.98.1".parse().expect("ip")],
+    });
+    for i in 0..n {
+        let name = format!("svc-{i}");
+        st.apply_service(service(&name, &cluster_ip(i)));
+        let ips: Vec<String> = (0..e).map(|j| endpoint_ip(i * e + j)).collect();
+        st.apply_slice(slice(&name, &ips));
+    }
+    st.apply_service(service("real", REAL_CLUSTER_IP));
+    st.apply_slice(slice("real", &[SERVER_IP.to_string()]));
+    st
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("__serve") => return serve(),
+        Some("__connect") => {
+            return connect(&args[2], args[3].parse().unwrap_or(3));
+        }
+        _ => {}
+    }
+    let n = env("SKIFF_BENCH_SERVICES", 10000);
+    let e = env("SKIFF_BENCH_ENDPOINTS", 10);
+    let changes = env("SKIFF_BENCH_CHANGES", 200);
+    let conn_secs = env("SKIFF_BENCH_CONN_SECS", 3) as u64;
+
+    let id = format!(
+        "{}{:04x}",
+        std::process::id() % 100000,
+        rand::random::<u16>()
+    );
+    let node_ns = format!("skpb-{id}-node");
+    let pod_ns = format!("skpb-{id}-pod");
+    let mut guard = Netns(vec![node_ns.clone(), pod_ns.clone()], Vec::new());
+    for ns in [&node_ns, &pod_ns] {
+        sh(&["ip", "netns", "add", ns]);
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    sh(&[
+        "ip", "-n", &node_ns, "link", "add", "vp", "type", "veth", "peer", "name", "eth0", "netns",
+        &pod_ns,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &node_ns,
+        "addr",
+        "add",
+        "10.243.255.1/24",
+        "dev",
+        "vp",
+    ]);
+    sh(&["ip", "-n", &node_ns, "link", "set", "vp", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &pod_ns,
+        "addr",
+        "add",
+        &format!("{SERVER_IP}/24"),
+        "dev",
+        "eth0",
+    ]);
+    sh(&["ip", "-n", &pod_ns, "link", "set", "eth0", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &pod_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.243.255.1",
+    ]);
+    sh(&[
+        "ip", "-n", &node_ns, "route", "add", "default", "via", SERVER_IP,
+    ]);
+    let exe = std::env::current_exe().expect("exe");
+    let server = Command::new("ip")
+        .args(["netns", "exec", &pod_ns])
+        .arg(&exe)
+        .arg("__serve")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("server");
+    guard.1.push(server);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let cfg = RenderConfig {
+        // The pod network of this benchmark (the server pod) counts as the cluster network.
+        cluster_cidr: "10.240.0.0/12".parse().ok(),
+        ..RenderConfig::default()
+    };
+    let runner = Runner::in_netns(node_ns.clone());
+
+    println!(
+        "Service proxy benchmark: {n} services x {e} endpoints (+1 real service), nft {}",
+        nft_version()
+    );
+
+    // Connections/s with 10 services installed.
+    let small = parking_lot::Mutex::new(build_state(10, e));
+    let mut p = Proxier::new(cfg.clone(), runner.clone());
+    p.sync(&small).await.expect("small sync");
+    let _ = conn_rate(&node_ns, 1); // warm-up
+    let rate_small = conn_rate(&node_ns, conn_secs);
+    drop(p);
+    drop(small);
+
+    let rss0 = rss_mb();
+    let t = Instant::now();
+    let state = parking_lot::Mutex::new(build_state(n, e));
+    let build_objects = t.elapsed();
+    let mut p = Proxier::new(cfg.clone(), runner.clone());
+    let t = Instant::now();
+    let r = p.sync(&state).await.expect("full sync");
+    let full = t.elapsed();
+    let rss1 = rss_mb();
+    println!(
+        "full sync (table replaced, one transaction): {:.3} s  ({} services, script {:.1} MB; objects built in {:.2} s)",
+        full.as_secs_f64(),
+        r.changed,
+        r.script_bytes as f64 / 1e6,
+        build_objects.as_secs_f64()
+    );
+    // A second agent start: full resync over an existing table.
+    let mut p2 = Proxier::new(cfg.clone(), runner.clone());
+    let t = Instant::now();
+    p2.sync(&state).await.expect("resync");
+    println!(
+        "full resync over the existing table (agent restart): {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+    drop(p2);
+
+    // One endpoint change at a time.
+    let mut times = Vec::with_capacity(changes);
+    let mut rng_state = 12345u64;
+    for k in 0..changes {
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let i = (rng_state >> 33) as usize % n;
+        let name = format!("svc-{i}");
+        let mut ips: Vec<String> = (0..e).map(|j| endpoint_ip(i * e + j)).collect();
+        ips[0] = endpoint_ip(n * e + 10 + k);
+        state.lock().apply_slice(slice(&name, &ips));
+        let t = Instant::now();
+        let r = p.sync(&state).await.expect("incremental sync");
+        times.push(t.elapsed());
+        assert!(!r.full && r.changed == 1);
+    }
+    times.sort();
+    println!(
+        "one endpoint change (incremental sync, {changes} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+
+    let rate_large = conn_rate(&node_ns, conn_secs);
+    println!(
+        "new connections/s through a ClusterIP: {rate_small:.0} with 10 services, {rate_large:.0} with {n} services (ratio {:.3})",
+        rate_large / rate_small.max(1.0)
+    );
+    println!(
+        "memory: process RSS {:.1} MB with {n} services installed ({:.1} MB for objects + model + program)",
+        rss1,
+        rss1 - rss0
+    );
+    drop(guard);
+}
+
+fn nft_version() -> String {
+    Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
