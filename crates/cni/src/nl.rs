@@ -83,6 +83,35 @@ where
     .map_err(|_| NlError::Other("netlink thread panicked".into()))?
 }
 
+/// Open a netlink connection whose socket lives in the network namespace at `netns` (None: the caller's),
+/// registered with the current tokio runtime; the caller spawns the returned connection task. The socket is
+/// created on a short-lived thread that enters the namespace, so the runtime's threads never switch.
+pub fn connect_in(
+    netns: Option<&Path>,
+) -> Result<
+    (
+        rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
+        Handle,
+    ),
+    NlError,
+> {
+    let Some(path) = netns.map(Path::to_path_buf) else {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(io("opening netlink socket"))?;
+        return Ok((conn, handle));
+    };
+    let rt = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        enter_netns(&path)?;
+        let _guard = rt.enter();
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(io("opening netlink socket"))?;
+        Ok((conn, handle))
+    })
+    .join()
+    .map_err(|_| NlError::Other("netlink thread panicked".into()))?
+}
+
 /// Move the calling thread into the network namespace at `path`. Only for threads this crate owns.
 pub fn enter_netns(path: &Path) -> Result<(), NlError> {
     let file =

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -193,32 +194,9 @@ pub enum Error {
     Node { name: String, msg: String },
 }
 
-/// Apply an nft script in one transaction (`nft -f -`).
+/// Apply an nft script in one transaction (`nft -f -`) in this process's network namespace.
 pub async fn nft_apply(script: &str) -> Result<(), Error> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Nft(format!("running nft: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|e| Error::Nft(e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| Error::Nft(e.to_string()))?;
-    if !out.status.success() {
-        return Err(Error::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    nft_apply_in(script, None).await
 }
 
 fn vxlan_info(link: &rtnetlink::packet_route::link::LinkMessage) -> Option<Vec<InfoVxlan>> {
@@ -470,4 +448,379 @@ async fn sync_fdb(handle: &Handle, index: u32, state: &OverlayState) -> Result<(
             )))?;
     }
     Ok(())
+}
+
+/// The Node's IPv4 podCIDR (`spec.podCIDR`, else the first IPv4 entry of `spec.podCIDRs`).
+pub fn node_pod_cidr(node: &k8s_openapi::api::core::v1::Node) -> Option<Ipv4Net> {
+    let spec = node.spec.as_ref()?;
+    spec.pod_cidr
+        .iter()
+        .chain(spec.pod_cidrs.iter().flatten())
+        .find_map(|c| c.parse::<Ipv4Net>().ok())
+}
+
+/// The peer record of a Node object; None when it has no usable address or podCIDR yet.
+pub fn peer_from_node(node: &k8s_openapi::api::core::v1::Node) -> Option<Peer> {
+    let name = node.metadata.name.clone()?;
+    let annotations = node.metadata.annotations.clone().unwrap_or_default();
+    let node_ip = annotations
+        .get(skiff_runtime::defaults::ANNOTATION_NODE_IP)
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        .or_else(|| {
+            node.status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find_map(|a| {
+                    (a.type_ == "InternalIP")
+                        .then(|| a.address.parse::<Ipv4Addr>().ok())
+                        .flatten()
+                })
+        })?;
+    let pod_cidr = node_pod_cidr(node)?;
+    let vtep_mac = annotations
+        .get(skiff_runtime::defaults::ANNOTATION_VTEP_MAC)
+        .and_then(|m| nl::parse_mac(m));
+    Some(Peer {
+        name,
+        node_ip,
+        pod_cidr,
+        vtep_mac,
+    })
+}
+
+/// Run the inter-node routing of this node until the process ends: wait for the Node's podCIDR, create the
+/// VXLAN device (VXLAN mode), publish its MAC and the node IP as Node annotations, install the masquerade
+/// table, and keep routes / neighbours / FDB entries in step with all Nodes as they join, change and leave.
+pub async fn run(
+    client: kube::Client,
+    node: skiff_runtime::NodeIdentity,
+    options: OverlayOptions,
+) -> Result<(), Error> {
+    run_in(client, node, options, None).await
+}
+
+/// [`run`] against the network namespace at `netns` (None: this process's) — for tests and for a supervisor
+/// that drives several nodes from one process. Netlink sockets are opened inside it and `nft` runs inside it.
+pub async fn run_in(
+    client: kube::Client,
+    node: skiff_runtime::NodeIdentity,
+    options: OverlayOptions,
+    netns: Option<std::path::PathBuf>,
+) -> Result<(), Error> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Node;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+    let node_ip = match node.ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => {
+            return Err(Error::Node {
+                name: node.name.clone(),
+                msg: format!("IPv6 node address {ip} is not supported"),
+            })
+        }
+    };
+    let (conn, handle) = nl::connect_in(netns.as_deref())?;
+    tokio::spawn(conn);
+    let api: kube::Api<Node> = kube::Api::all(client);
+
+    if options.mode == Mode::HostGw {
+        remove_vxlan_device(&handle).await?;
+    }
+    nft_apply_in(&masquerade_script(options.cluster_cidr), netns.as_deref()).await?;
+
+    let (reader, writer) = reflector::store::<Node>();
+    let trigger = std::sync::Arc::new(skiff_runtime::sync::SyncTrigger::new());
+    let watch = {
+        let trigger = trigger.clone();
+        // Every event counts, InitDone included: only then does the reflector's store hold the initial list.
+        reflector(writer, watcher(api.clone(), watcher::Config::default()))
+            .default_backoff()
+            .for_each(move |event| {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "node watch");
+                }
+                trigger.request();
+                futures::future::ready(())
+            })
+    };
+    // What was last published on our Node, so a recreated device's new MAC gets re-announced.
+    let published: std::sync::Arc<tokio::sync::Mutex<Option<String>>> = Default::default();
+    let syncer = trigger.run(Duration::from_millis(50), Duration::from_secs(30), || {
+        let (reader, handle, api, published) = (
+            reader.clone(),
+            handle.clone(),
+            api.clone(),
+            published.clone(),
+        );
+        let (name, mode) = (node.name.clone(), options.mode);
+        async move {
+            match sync_once(&reader, &handle, &api, &published, &name, node_ip, mode).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "overlay sync failed; retrying");
+                    false
+                }
+            }
+        }
+    });
+    tokio::select! {
+        _ = watch => Err(Error::Node { name: node.name.clone(), msg: "node watch ended".into() }),
+        _ = syncer => Ok(()),
+    }
+}
+
+async fn sync_once(
+    reader: &kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
+    handle: &Handle,
+    api: &kube::Api<k8s_openapi::api::core::v1::Node>,
+    published: &tokio::sync::Mutex<Option<String>>,
+    name: &str,
+    node_ip: Ipv4Addr,
+    mode: Mode,
+) -> Result<(), Error> {
+    let nodes = reader.state();
+    let Some(me) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+    else {
+        tracing::debug!(node = name, "waiting for the Node object");
+        return Ok(());
+    };
+    let Some(pod_cidr) = node_pod_cidr(me) else {
+        tracing::debug!(node = name, "waiting for the Node's podCIDR");
+        return Ok(());
+    };
+    let local = LocalNode {
+        name: name.to_string(),
+        node_ip,
+        pod_cidr,
+    };
+    // Re-ensured every sync: someone deleting the device, or a podCIDR change, heals here.
+    let mac = match mode {
+        Mode::Vxlan => Some(nl::format_mac(&ensure_vxlan_device(handle, &local).await?)),
+        Mode::HostGw => None,
+    };
+    let annotations = me.metadata.annotations.clone().unwrap_or_default();
+    let mut last = published.lock().await;
+    let stale = annotations.get(skiff_runtime::defaults::ANNOTATION_VTEP_MAC) != mac.as_ref()
+        || annotations.get(skiff_runtime::defaults::ANNOTATION_NODE_IP)
+            != Some(&node_ip.to_string());
+    if stale || *last != mac {
+        let patch = serde_json::json!({ "metadata": { "annotations": {
+            skiff_runtime::defaults::ANNOTATION_VTEP_MAC: mac,
+            skiff_runtime::defaults::ANNOTATION_NODE_IP: node_ip.to_string(),
+        }}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+        tracing::info!(node = name, vtep_mac = ?mac, "published overlay annotations");
+        *last = mac;
+    }
+    drop(last);
+    let peers: Vec<Peer> = nodes.iter().filter_map(|n| peer_from_node(n)).collect();
+    let state = desired(&local, &peers, mode);
+    sync(handle, &state).await?;
+    Ok(())
+}
+
+/// Apply an nft script inside the network namespace at `netns` (None: this process's). The `nft` child enters
+/// the namespace between fork and exec, so no runtime thread ever switches.
+pub async fn nft_apply_in(script: &str, netns: Option<&std::path::Path>) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new("nft");
+    cmd.args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let ns_file = match netns {
+        Some(path) => Some(
+            std::fs::File::open(path)
+                .map_err(|e| Error::Nft(format!("opening {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    if let Some(file) = &ns_file {
+        let fd = file.as_raw_fd();
+        // SAFETY: only async-signal-safe work (one setns syscall) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Nft(format!("running nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| Error::Nft(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| Error::Nft(e.to_string()))?;
+    drop(ns_file);
+    if !out.status.success() {
+        return Err(Error::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Remove what [`run`] installed in this network namespace: the VXLAN device (its routes, neighbours and FDB
+/// entries go with it), remaining overlay routes, and the masquerade table. For `skiff down` and tests.
+pub async fn teardown(netns: Option<&std::path::Path>) -> Result<(), Error> {
+    let (conn, handle) = nl::connect_in(netns)?;
+    tokio::spawn(conn);
+    remove_vxlan_device(&handle).await?;
+    sync(&handle, &OverlayState::default()).await?;
+    nft_apply_in(&masquerade_teardown_script(), netns).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalNode {
+        LocalNode {
+            name: "node-1".into(),
+            node_ip: Ipv4Addr::new(172, 30, 0, 2),
+            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+        }
+    }
+
+    fn peer(name: &str, ip: u8, cidr: &str, mac: Option<u8>) -> Peer {
+        Peer {
+            name: name.into(),
+            node_ip: Ipv4Addr::new(172, 30, 0, ip),
+            pod_cidr: cidr.parse().unwrap(),
+            vtep_mac: mac.map(|m| [0x0a, 0, 0, 0, 0, m]),
+        }
+    }
+
+    #[test]
+    fn vxlan_state_per_remote_node() {
+        let peers = vec![
+            peer("node-1", 2, "10.244.0.0/24", Some(1)), // ourselves
+            peer("node-2", 3, "10.244.1.0/24", Some(2)),
+            peer("node-3", 4, "10.244.2.0/24", None), // no VTEP MAC yet
+            peer("node-4", 5, "10.244.3.7/24", Some(4)), // host bits are ignored
+        ];
+        let state = desired(&local(), &peers, Mode::Vxlan);
+        let routes: Vec<String> = state
+            .routes
+            .iter()
+            .map(|r| format!("{} via {} vxlan={}", r.dst, r.via, r.vxlan))
+            .collect();
+        assert_eq!(
+            routes,
+            vec![
+                "10.244.1.0/24 via 10.244.1.0 vxlan=true",
+                "10.244.3.0/24 via 10.244.3.0 vxlan=true"
+            ]
+        );
+        let neigh: Vec<String> = state
+            .neighbours
+            .iter()
+            .map(|n| format!("{} {}", n.ip, crate::nl::format_mac(&n.mac)))
+            .collect();
+        assert_eq!(
+            neigh,
+            vec![
+                "10.244.1.0 0a:00:00:00:00:02",
+                "10.244.3.0 0a:00:00:00:00:04"
+            ]
+        );
+        let fdb: Vec<String> = state
+            .fdb
+            .iter()
+            .map(|e| format!("{} {}", crate::nl::format_mac(&e.mac), e.dst))
+            .collect();
+        assert_eq!(
+            fdb,
+            vec![
+                "0a:00:00:00:00:02 172.30.0.3",
+                "0a:00:00:00:00:04 172.30.0.5"
+            ]
+        );
+    }
+
+    #[test]
+    fn host_gw_state_and_conflicts() {
+        let peers = vec![
+            peer("node-3", 4, "10.244.2.0/24", None),
+            peer("node-2", 3, "10.244.2.0/24", None), // same CIDR: the lexically first name wins
+            peer("rogue", 9, "10.244.0.0/16", None),  // overlaps our own podCIDR
+            peer("node-5", 2, "10.244.5.0/24", None), // claims our node IP
+        ];
+        let state = desired(&local(), &peers, Mode::HostGw);
+        let routes: Vec<String> = state
+            .routes
+            .iter()
+            .map(|r| format!("{} via {}", r.dst, r.via))
+            .collect();
+        assert_eq!(routes, vec!["10.244.2.0/24 via 172.30.0.3"]);
+        assert!(state.neighbours.is_empty() && state.fdb.is_empty());
+        // Order of the peer list does not matter.
+        let reversed: Vec<Peer> = peers.into_iter().rev().collect();
+        assert_eq!(desired(&local(), &reversed, Mode::HostGw), state);
+    }
+
+    #[test]
+    fn masquerade_script_golden() {
+        assert_eq!(
+            masquerade_script("10.244.0.0/16".parse().unwrap()),
+            "add table ip skiff-cni\n\
+             delete table ip skiff-cni\n\
+             table ip skiff-cni {\n\
+             \tchain postrouting {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\
+             \t}\n\
+             }\n"
+        );
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    #[test]
+    fn peers_from_node_objects() {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2", "annotations": {"skiff.dev/vtep-mac": "0a:1b:2c:3d:4e:5f"}},
+            "spec": {"podCIDRs": ["fd00::/64", "10.244.2.0/24"]},
+            "status": {"addresses": [{"type": "Hostname", "address": "n2"}, {"type": "InternalIP", "address": "172.30.0.4"}]},
+        }))
+        .unwrap();
+        assert_eq!(
+            peer_from_node(&node),
+            Some(Peer {
+                name: "n2".into(),
+                node_ip: Ipv4Addr::new(172, 30, 0, 4),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_mac: Some([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]),
+            })
+        );
+        // The node-ip annotation wins over status; no podCIDR yet means no peer.
+        let pending: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n3", "annotations": {"skiff.dev/node-ip": "172.30.0.9"}},
+        }))
+        .unwrap();
+        assert_eq!(peer_from_node(&pending), None);
+    }
 }

@@ -229,3 +229,106 @@ fn host_gw_routes_connect_pods_and_replace_vxlan_routes() {
         ""
     );
 }
+
+/// Wait up to 10 s for `f` to hold.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn run_follows_node_objects_joining_and_leaving() {
+    use k8s_openapi::api::core::v1::Node;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (a, b) = two_nodes();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(skiff_api::testing::TestServer::start())
+        .unwrap();
+    let client = rt.block_on(server.client()).unwrap();
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    for n in [&a, &b] {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": n.local.name},
+            "spec": {"podCIDR": n.local.pod_cidr.to_string(), "podCIDRs": [n.local.pod_cidr.to_string()]},
+        }))
+        .unwrap();
+        rt.block_on(nodes.create(&Default::default(), &node))
+            .unwrap();
+    }
+    let options = overlay::OverlayOptions {
+        mode: Mode::Vxlan,
+        cluster_cidr: "10.200.0.0/16".parse().unwrap(),
+    };
+    let tasks: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|n| {
+            let identity = skiff_runtime::NodeIdentity {
+                name: n.local.name.clone(),
+                ip: n.local.node_ip.into(),
+            };
+            let (client, options, path) = (client.clone(), options.clone(), n.ns.path());
+            rt.spawn(async move {
+                let result = overlay::run_in(client, identity, options, Some(path)).await;
+                tracing::error!("run_in ended: {result:?}");
+                result
+            })
+        })
+        .collect();
+
+    eventually("route to node-b's pods on node-a", || {
+        a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"])
+            .contains("via 10.200.2.0 dev skiff.vxlan")
+    });
+    eventually("route to node-a's pods on node-b", || {
+        b.ns.ip(&["-4", "route", "show", "10.200.1.0/24"])
+            .contains("via 10.200.1.0 dev skiff.vxlan")
+    });
+    // The published annotations are the device's MAC and the node IP.
+    let node_b = rt.block_on(nodes.get("node-b")).unwrap();
+    let ann = node_b.metadata.annotations.unwrap();
+    let dev = b.ns.ip(&["link", "show", "skiff.vxlan"]);
+    assert!(
+        dev.contains(&format!("link/ether {} ", ann["skiff.dev/vtep-mac"])),
+        "{dev} vs {ann:?}"
+    );
+    assert_eq!(ann["skiff.dev/node-ip"], "192.168.77.2");
+    let (peer, _) = tcp_probe(&b.pod, b.pod_ip, &a.pod);
+    assert_eq!(peer.ip(), a.pod_ip);
+    // The masquerade table exists in the node's namespace (and not on the host running the test).
+    assert!(a.ns.exec_ok(&["nft", "list", "table", "ip", "skiff-cni"]));
+
+    // node-b leaves: node-a forgets it.
+    rt.block_on(nodes.delete("node-b", &Default::default()))
+        .unwrap();
+    eventually("node-a dropping node-b's route", || {
+        a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"])
+            .trim()
+            .is_empty()
+    });
+    eventually("node-a dropping node-b's neighbour", || {
+        a.ns.ip(&["neigh", "show", "dev", "skiff.vxlan"])
+            .trim()
+            .is_empty()
+    });
+    for t in tasks {
+        t.abort();
+    }
+    let path = a.ns.path();
+    rt.block_on(overlay::teardown(Some(&path))).unwrap();
+    assert!(!a.ns.ip(&["link"]).contains("skiff.vxlan"));
+    assert!(!a.ns.exec_ok(&["nft", "list", "table", "ip", "skiff-cni"]));
+}
