@@ -342,3 +342,45 @@ fn missing_plugin_binary_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn two_hundred_add_del_cycles_leak_nothing() {
+    let node = Netns::new("skcn");
+    let pa = Netns::new("skcp");
+    let s = setup(&skiff_conflist_for_test("10.127.0.0/24"));
+    let rt = s.runtime.clone();
+    let a_path = pa.path();
+    let ips = node.block_on(move || async move {
+        let mut ips = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let id = format!("cycle-{i}");
+            let r = rt.add(&id, &a_path, "eth0", &pod("c")).await.unwrap();
+            ips.insert(r.pod_ipv4().unwrap());
+            rt.del(&id, Some(&a_path), "eth0", &pod("c")).await.unwrap();
+        }
+        ips
+    });
+    // Round robin through the range (253 usable addresses minus the gateway) instead of reusing one.
+    assert_eq!(ips.len(), 200);
+    assert_eq!(
+        node.ip(&["-o", "link"]).lines().count(),
+        1,
+        "only lo remains on the node"
+    );
+    assert_eq!(
+        pa.ip(&["-o", "link"]).lines().count(),
+        1,
+        "only lo remains in the pod"
+    );
+    assert_eq!(node.ip(&["-4", "route"]).trim(), "");
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.path().join("ipam/skifftest"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let cached = std::fs::read_dir(s.dir.path().join("cache/results"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 0);
+}
