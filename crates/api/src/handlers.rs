@@ -1976,5 +1976,4 @@ mod tests {
         assert_eq!(q["limit"], "500");
         assert_eq!(percent_decode("a%2"), "a%2");
     }
-
 }

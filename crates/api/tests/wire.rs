@@ -571,3 +571,103 @@ async fn skiff_runtime_client(path: &std::path::Path) -> kube::Client {
         .expect("config");
     kube::Client::try_from(cfg).expect("client")
 }
+
+/// Mutated and random request bodies, in every accepted content type, never crash the server or produce a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_bodies_never_crash() {
+    let s = TestServer::start().await.expect("server");
+    let client = s.client().await.expect("client");
+    let seed_json = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "fz", "labels": {"a": "b"}},
+        "spec": {"type": "NodePort", "selector": {"a": "b"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}
+    }))
+    .expect("json");
+    let targets: [(&str, &str, &str); 7] = [
+        (
+            "POST",
+            "/api/v1/namespaces/default/services",
+            "application/json",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/services",
+            "application/yaml",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/services",
+            "application/vnd.kubernetes.protobuf",
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/services/kubernetes",
+            "application/strategic-merge-patch+json",
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/services/kubernetes",
+            "application/merge-patch+json",
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/services/kubernetes",
+            "application/json-patch+json",
+        ),
+        (
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/x?fieldManager=f",
+            "application/apply-patch+yaml",
+        ),
+    ];
+    let mut rng_state: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    for i in 0..400 {
+        let mut body = seed_json.clone();
+        match i % 4 {
+            0 => {
+                for _ in 0..(1 + next() % 8) {
+                    let at = (next() as usize) % body.len();
+                    body[at] = next() as u8;
+                }
+            }
+            1 => body.truncate((next() as usize) % body.len()),
+            2 => body = (0..(next() % 300)).map(|_| next() as u8).collect(),
+            _ => {
+                let mut p = b"k8s\0".to_vec();
+                p.extend((0..(next() % 200)).map(|_| next() as u8));
+                body = p;
+            }
+        }
+        let (method, path, ct) = targets[(next() as usize) % targets.len()];
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Content-Type", ct)
+            .body(body.clone())
+            .expect("request");
+        let resp = client
+            .send(req.map(kube::client::Body::from))
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} {ct} {body:?}: {e}"));
+        assert!(
+            resp.status().as_u16() < 500,
+            "{method} {path} {ct} {body:?}: {}",
+            resp.status()
+        );
+    }
+    let svcs: Api<Service> = Api::namespaced(client, "default");
+    let k = svcs
+        .get("kubernetes")
+        .await
+        .expect("kubernetes service intact");
+    assert_eq!(
+        k.spec.and_then(|s| s.cluster_ip).as_deref(),
+        Some("10.96.0.1")
+    );
+}
