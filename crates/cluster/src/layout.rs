@@ -275,6 +275,14 @@ impl Layout {
             internal,
             "--cluster-dns".into(),
             self.dns_ip().to_string(),
+            "--overlay-mode".into(),
+            self.overlay.as_str().into(),
+            "--cluster-cidr".into(),
+            self.cluster_cidr.to_string(),
+            "--proxy-cluster-cidr".into(),
+            self.cluster_cidr.to_string(),
+            "--proxy-service-cidr".into(),
+            self.service_cidr.to_string(),
         ]
     }
 
@@ -349,7 +357,9 @@ mod tests {
              --node-ip 172.30.0.3 --data-dir /var/lib/skiff/skiff/nodes/2/state \
              --cni-conf-dir /var/lib/skiff/skiff/nodes/2/cni/net.d \
              --cni-bin-dir /var/lib/skiff/skiff/nodes/2/cni/bin --cni-bin-dir /usr/lib/cni \
-             --internal-kubeconfig /var/lib/skiff/skiff/server/kubeconfig.internal --cluster-dns 10.96.0.10"
+             --internal-kubeconfig /var/lib/skiff/skiff/server/kubeconfig.internal --cluster-dns 10.96.0.10 \
+             --overlay-mode vxlan --cluster-cidr 10.244.0.0/16 --proxy-cluster-cidr 10.244.0.0/16 \
+             --proxy-service-cidr 10.96.0.0/12"
         );
     }
 

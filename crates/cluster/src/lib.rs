@@ -49,8 +49,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Client(#[from] skiff_runtime::Error),
-    #[error("timed out after {0:?}: {1}")]
-    Timeout(Duration, String),
+    #[error("timed out (--timeout): {0}")]
+    Timeout(String),
     #[error("{0}")]
     Other(String),
 }
@@ -170,8 +170,23 @@ fn write(p: &Path, data: impl AsRef<[u8]>) -> Result<(), Error> {
 /// `skiff up`: builds the cluster and returns once every node is Ready and the system pods run. With
 /// `--foreground` it then waits for Ctrl-C and tears the cluster down.
 pub async fn up(opts: &Options) -> Result<Cluster, Error> {
-    let start = Instant::now();
     let layout = opts.layout()?;
+    match up_layout(opts, &layout).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            // Leave no half-built cluster behind; keep the logs that explain the failure.
+            if let Err(cleanup) = down_layout(&layout, false).await {
+                tracing::warn!(error = %cleanup, "cleaning up after a failed skiff up");
+            }
+            eprintln!("logs are kept in {}", layout.logs_dir().display());
+            Err(e)
+        }
+    }
+}
+
+async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
+    let start = Instant::now();
+    let layout = layout.clone();
     let exe = match &opts.skiff_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|source| Error::Io {
@@ -395,10 +410,7 @@ async fn wait_server(layout: &Layout, pid: u32, deadline: Instant) -> Result<kub
             }
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout(
-                Duration::ZERO,
-                format!("API server not ready ({last})"),
-            ));
+            return Err(Error::Timeout(format!("API server not ready ({last})")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -498,14 +510,11 @@ async fn wait_nodes(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout(
-                Duration::ZERO,
-                format!(
-                    "{ready}/{} nodes Ready, {} podCIDRs assigned",
-                    layout.nodes.len(),
-                    routed.len()
-                ),
-            ));
+            return Err(Error::Timeout(format!(
+                "{ready}/{} nodes Ready, {} podCIDRs assigned",
+                layout.nodes.len(),
+                routed.len()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -549,13 +558,10 @@ async fn wait_dns(client: &kube::Client, replicas: i32, deadline: Instant) -> Re
                     )
                 })
                 .collect();
-            return Err(Error::Timeout(
-                Duration::ZERO,
-                format!(
-                    "cluster DNS: {ready}/{replicas} pods ready [{}]",
-                    phases.join(", ")
-                ),
-            ));
+            return Err(Error::Timeout(format!(
+                "cluster DNS: {ready}/{replicas} pods ready [{}]",
+                phases.join(", ")
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

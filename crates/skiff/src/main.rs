@@ -38,12 +38,89 @@ enum Command {
     Cni,
 }
 
+/// Every component names its argument struct `Options` and its fields plainly (`cluster_cidr`), and clap
+/// derives argument ids from field names and a group from the struct name: flattening two components into
+/// one subcommand would clash. This wraps one component's options: its arguments are added under ids with
+/// a prefix (their `--long` names are unchanged and already distinct), and the component's own derive parses
+/// the arguments given on the command line back into its `Options`.
+macro_rules! component_args {
+    ($wrapper:ident, $inner:ty, $prefix:literal) => {
+        struct $wrapper($inner);
+
+        impl $wrapper {
+            fn inner_command() -> clap::Command {
+                <$inner as clap::Args>::augment_args(clap::Command::new("component"))
+            }
+        }
+
+        impl clap::FromArgMatches for $wrapper {
+            fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+                #[derive(clap::Parser)]
+                struct Inner {
+                    #[command(flatten)]
+                    options: $inner,
+                }
+                let mut argv = vec!["component".to_string()];
+                for arg in Self::inner_command().get_arguments() {
+                    let id = format!("{}{}", $prefix, arg.get_id());
+                    if m.value_source(&id) != Some(clap::parser::ValueSource::CommandLine) {
+                        continue;
+                    }
+                    let Some(long) = arg.get_long() else { continue };
+                    if arg.get_action().takes_values() {
+                        for v in m.get_raw(&id).into_iter().flatten() {
+                            argv.push(format!("--{long}={}", v.to_string_lossy()));
+                        }
+                    } else {
+                        argv.push(format!("--{long}"));
+                    }
+                }
+                <Inner as clap::Parser>::try_parse_from(argv).map(|i| $wrapper(i.options))
+            }
+            fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+                *self = Self::from_arg_matches(m)?;
+                Ok(())
+            }
+        }
+
+        impl clap::Args for $wrapper {
+            fn augment_args(mut cmd: clap::Command) -> clap::Command {
+                for arg in Self::inner_command().get_arguments() {
+                    // clap ids are &'static str without its "string" feature; these few are built once.
+                    let id: &'static str =
+                        Box::leak(format!("{}{}", $prefix, arg.get_id()).into_boxed_str());
+                    cmd = cmd.arg(arg.clone().id(id));
+                }
+                cmd
+            }
+            fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+                Self::augment_args(cmd)
+            }
+        }
+    };
+}
+
+component_args!(ApiOptions, skiff_api::Options, "api.");
+component_args!(
+    ControllerOptions,
+    skiff_controllers::Options,
+    "controllers."
+);
+component_args!(NodeOptions, skiff_node::Options, "node.");
+component_args!(ProxyOptions, skiff_proxy::Options, "proxy.");
+component_args!(
+    OverlayOptions,
+    skiff_cni::overlay::OverlayOptions,
+    "overlay."
+);
+component_args!(DnsOptions, skiff_dns::Options, "dns.");
+
 #[derive(Args)]
 struct ServerArgs {
     #[command(flatten)]
-    api: skiff_api::Options,
+    api: ApiOptions,
     #[command(flatten)]
-    controllers: skiff_controllers::Options,
+    controllers: ControllerOptions,
 }
 
 #[derive(Args)]
@@ -64,7 +141,11 @@ struct AgentArgs {
     #[arg(long)]
     node_ip: IpAddr,
     #[command(flatten)]
-    node: skiff_node::Options,
+    node: NodeOptions,
+    #[command(flatten)]
+    overlay: OverlayOptions,
+    #[command(flatten)]
+    proxy: ProxyOptions,
 }
 
 #[derive(Args)]
@@ -72,7 +153,7 @@ struct DnsArgs {
     #[command(flatten)]
     kubeconfig: KubeconfigArg,
     #[command(flatten)]
-    dns: skiff_dns::Options,
+    dns: DnsOptions,
 }
 
 fn main() {
@@ -121,10 +202,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", skiff_cluster::status(&opts).await?);
         }
         Command::Server(args) => {
-            let config = skiff_api::ServerConfig::from_options(&args.api)?;
+            let config = skiff_api::ServerConfig::from_options(&args.api.0)?;
             let server = skiff_api::serve(config).await?;
             let client = skiff_runtime::client_from_kubeconfig(&server.kubeconfig_path).await?;
-            let controllers = tokio::spawn(skiff_controllers::run(client, args.controllers));
+            let controllers = tokio::spawn(skiff_controllers::run(client, args.controllers.0));
             tokio::select! {
                 _ = server.wait() => anyhow::bail!("the API server stopped"),
                 res = controllers => {
@@ -139,11 +220,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 name: args.node_name,
                 ip: args.node_ip,
             };
-            skiff_node::run(client, node, args.node).await?;
+            // One process per node; if any part fails the node is broken: fail fast and let the
+            // supervisor (skiff up, systemd) see it.
+            let mut kubelet =
+                tokio::spawn(skiff_node::run(client.clone(), node.clone(), args.node.0));
+            let mut overlay = tokio::spawn(skiff_cni::overlay::run(
+                client.clone(),
+                node.clone(),
+                args.overlay.0,
+            ));
+            let mut proxy = tokio::spawn(skiff_proxy::run(client, node, args.proxy.0));
+            let failure = tokio::select! {
+                r = &mut kubelet => r.context("node agent task")?.context("node agent").err(),
+                r = &mut overlay => r.context("overlay task")?.context("overlay").err(),
+                r = &mut proxy => r.context("proxy task")?.context("proxy").err(),
+            };
+            kubelet.abort();
+            overlay.abort();
+            proxy.abort();
+            return Err(failure.unwrap_or_else(|| anyhow::anyhow!("an agent component stopped")));
         }
         Command::Dns(args) => {
             let client = client(&args.kubeconfig).await?;
-            skiff_dns::run(client, args.dns).await?;
+            skiff_dns::run(client, args.dns.0).await?;
         }
         Command::Demoapp(opts) => {
             skiff_node::demoapp::run(opts.listen()).await?;
