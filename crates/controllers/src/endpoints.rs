@@ -957,9 +957,20 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<(), kube::Error> {
             next.subsets = desired.subsets;
             ep_api.replace(name, &pp, &next).await?;
         }
-        None => {
-            ep_api.create(&pp, &desired).await?;
-        }
+        None => match ep_api.create(&pp, &desired).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Our own earlier write the cache has not shown yet (or a user's): compare live.
+                let live = ep_api.get(name).await?;
+                if !endpoints_equal(&live, &desired) {
+                    let mut next = live;
+                    next.metadata.labels = desired.metadata.labels;
+                    next.subsets = desired.subsets;
+                    ep_api.replace(name, &pp, &next).await?;
+                }
+            }
+            Err(e) => return Err(e),
+        },
     }
     Ok(())
 }
