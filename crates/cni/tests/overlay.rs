@@ -332,3 +332,64 @@ fn run_follows_node_objects_joining_and_leaving() {
     assert!(!a.ns.ip(&["link"]).contains("skiff.vxlan"));
     assert!(!a.ns.exec_ok(&["nft", "list", "table", "ip", "skiff-cni"]));
 }
+
+/// iperf3 from `client` to a one-shot server on `server_ip` inside `server`; received Gbit/s.
+fn iperf(server: &Netns, server_ip: Ipv4Addr, client: &Netns, seconds: u32) -> f64 {
+    let ip = server_ip.to_string();
+    let mut srv = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &ip,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &client.name,
+        "iperf3",
+        "-c",
+        &ip,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+        / 1e9
+}
+
+/// Benchmark (run by bench/pod-network.sh): pod-to-pod TCP throughput across two nodes over VXLAN versus
+/// host-gw (the same path without encapsulation), and node-to-node as the underlay's ceiling.
+#[test]
+#[ignore]
+fn bench_pod_to_pod_throughput_vxlan_vs_host_gw() {
+    let seconds: u32 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let mut results = Vec::new();
+    for mode in [Mode::Vxlan, Mode::HostGw] {
+        let (a, b) = two_nodes();
+        let peers = vec![publish(&a, mode), publish(&b, mode)];
+        sync(&a, peers.clone(), mode);
+        sync(&b, peers, mode);
+        let pods = iperf(&b.pod, b.pod_ip, &a.pod, seconds);
+        let nodes = iperf(&b.ns, b.local.node_ip, &a.ns, seconds);
+        println!("BENCH mode={mode} pod-to-pod={pods:.2} Gbit/s node-to-node={nodes:.2} Gbit/s");
+        results.push(pods);
+    }
+    println!("BENCH vxlan/host-gw ratio={:.2}", results[0] / results[1]);
+}
