@@ -266,13 +266,48 @@ fn from_kv(kv: &KeyValue) -> ApiResult<Value> {
     Ok(v)
 }
 
+/// The stored form: metadata first (without resourceVersion), so reads can splice the resourceVersion in
+/// without parsing (see [`kv_json`]).
 fn to_stored(v: &Value) -> Vec<u8> {
-    let mut v = v.clone();
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-        m.remove("selfLink");
+    let mut out = Map::new();
+    let mut md = v
+        .get("metadata")
+        .and_then(|m| m.as_object())
+        .cloned()
+        .unwrap_or_default();
+    md.remove("resourceVersion");
+    md.remove("selfLink");
+    out.insert("metadata".into(), Value::Object(md));
+    if let Some(o) = v.as_object() {
+        for (k, x) in o {
+            if k != "metadata" {
+                out.insert(k.clone(), x.clone());
+            }
+        }
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    serde_json::to_vec(&Value::Object(out)).unwrap_or_default()
+}
+
+const STORED_PREFIX: &[u8] = b"{\"metadata\":{";
+
+/// A stored object's JSON with its resourceVersion, by splicing bytes when the stored form starts with the
+/// metadata object (always, for objects this server wrote); otherwise by parsing.
+fn kv_json(kv: &KeyValue, out: &mut Vec<u8>) -> ApiResult<()> {
+    let raw = &kv.value[..];
+    if raw.starts_with(STORED_PREFIX) {
+        out.extend_from_slice(STORED_PREFIX);
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(kv.mod_revision.to_string().as_bytes());
+        out.push(b'"');
+        let rest = &raw[STORED_PREFIX.len()..];
+        if rest.first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        return Ok(());
+    }
+    let v = from_kv(kv)?;
+    serde_json::to_writer(&mut *out, &v).map_err(ApiError::internal)
 }
 
 fn with_rv(mut v: Value, rev: u64) -> Value {
@@ -607,6 +642,51 @@ async fn list(
         None => None,
     };
     let prefix = res.ns_prefix(ns);
+    let unfiltered = q.get("labelSelector").is_none_or(|s| s.is_empty())
+        && q.get("fieldSelector").is_none_or(|s| s.is_empty());
+    if unfiltered && !wants_table(h) {
+        // Fast path: no selector, plain JSON: the stored bytes with resourceVersions spliced in.
+        let r = ctx
+            .store
+            .list(
+                &prefix,
+                ListOptions {
+                    start_after,
+                    limit: (limit > 0).then_some(limit),
+                },
+            )
+            .await?;
+        let mut md = json!({"resourceVersion": r.revision.to_string()});
+        if r.remaining > 0 {
+            if let Some(last) = r.items.last() {
+                let tok = ContinueToken {
+                    key: last.key.clone(),
+                    rv: r.revision,
+                };
+                md["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(serde_json::to_vec(&tok).unwrap_or_default()));
+                md["remainingItemCount"] = json!(r.remaining);
+            }
+        }
+        let mut body =
+            Vec::with_capacity(r.items.iter().map(|kv| kv.value.len() + 32).sum::<usize>() + 256);
+        body.extend_from_slice(b"{\"kind\":");
+        serde_json::to_writer(&mut body, &format!("{}List", res.kind))
+            .map_err(ApiError::internal)?;
+        body.extend_from_slice(b",\"apiVersion\":");
+        serde_json::to_writer(&mut body, &res.api_version()).map_err(ApiError::internal)?;
+        body.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut body, &md).map_err(ApiError::internal)?;
+        body.extend_from_slice(b",\"items\":[");
+        for (i, kv) in r.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            kv_json(kv, &mut body)?;
+        }
+        body.extend_from_slice(b"]}");
+        return Ok(respond(200, "application/json", body));
+    }
     let (items, rev, cont, remaining) =
         list_filtered(ctx, &prefix, &filters, start_after, limit).await?;
     let rv = rev.to_string();
@@ -1966,6 +2046,40 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_form_splices_resource_version() {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "3"}, "data": {"metadata": "x"}});
+        let raw = to_stored(&obj);
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            r#"{"metadata":{"name":"a"},"apiVersion":"v1","kind":"ConfigMap","data":{"metadata":"x"}}"#
+        );
+        let kv = KeyValue {
+            key: "/k".into(),
+            value: raw.into(),
+            create_revision: 1,
+            mod_revision: 42,
+        };
+        let mut out = Vec::new();
+        kv_json(&kv, &mut out).expect("splice");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"metadata":{"resourceVersion":"42","name":"a"},"apiVersion":"v1","kind":"ConfigMap","data":{"metadata":"x"}}"#
+        );
+        let empty = KeyValue {
+            key: "/k".into(),
+            value: to_stored(&json!({"kind": "X"})).into(),
+            create_revision: 1,
+            mod_revision: 7,
+        };
+        out.clear();
+        kv_json(&empty, &mut out).expect("splice");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"metadata":{"resourceVersion":"7"},"kind":"X"}"#
+        );
+    }
 
     #[test]
     fn query_decoding() {
