@@ -312,7 +312,7 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
         wait_dns(&client, opts.dns_replicas, start + timeout).await?;
         progress.done(&format!(
             "cluster DNS running (kube-dns {})",
-            defaults::KUBE_DNS_SERVICE_IP
+            layout.dns_ip()
         ));
     }
 

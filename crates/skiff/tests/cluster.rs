@@ -279,12 +279,12 @@ fn up_builds_a_ready_cluster_and_down_removes_every_trace() {
     }
 
     // The host reaches the nodes over the bridge, and node 1 reaches node 2 and the host.
-    let ping = Command::new("ping")
-        .args(["-c1", "-W2", &c.node_ip(1)])
+    let ping = Command::new("busybox")
+        .args(["ping", "-c1", "-W2", &c.node_ip(1)])
         .output()
         .expect("ping");
     assert!(ping.status.success(), "host -> node-1: {}", text(&ping));
-    let ping = c.in_node(1, &["ping", "-c1", "-W2", &c.node_ip(2)]);
+    let ping = c.in_node(1, &["busybox", "ping", "-c1", "-W2", &c.node_ip(2)]);
     assert!(ping.status.success(), "node-1 -> node-2: {}", text(&ping));
 
     // `skiff status` reports the server and both nodes Ready.
