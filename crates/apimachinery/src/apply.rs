@@ -72,7 +72,7 @@ fn is_string_map(gk: GroupKind<'_>, parent: Ty, field: &str) -> bool {
         "labels" | "annotations" | "matchLabels" | "nodeSelector" | "data" | "binaryData"
         | "stringData" | "limits" | "requests" | "capacity" | "allocatable" | "overhead" => true,
         "selector" => {
-            parent == Ty::ServiceSpec || (gk.group == "" && gk.kind == "ReplicationController")
+            parent == Ty::ServiceSpec || (gk.group.is_empty() && gk.kind == "ReplicationController")
         }
         _ => false,
     }

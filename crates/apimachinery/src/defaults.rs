@@ -52,6 +52,83 @@ pub fn apply_defaults(gk: GroupKind<'_>, obj: &mut Value) {
     }
 }
 
+/// Carry server-assigned values from the stored object into an update that omits them, as upstream's registry
+/// does before validation (Service `patchAllocatedValues`: clusterIP(s), ipFamilies/ipFamilyPolicy, nodePorts
+/// and healthCheckNodePort; and metadata the client may leave out: uid, creationTimestamp). Call before
+/// [`apply_defaults`] and validation on PUT / PATCH.
+pub fn prepare_for_update(gk: GroupKind<'_>, obj: &mut Value, old: &Value) {
+    if !obj.is_object() {
+        return;
+    }
+    for key in ["uid", "creationTimestamp"] {
+        if let Some(v) = old.pointer(&format!("/metadata/{key}")).cloned() {
+            set(child(obj, "metadata"), key, v);
+        }
+    }
+    if (gk.group, gk.kind) != ("", "Service") {
+        return;
+    }
+    let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+    let old_type = old_spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let spec = child(obj, "spec");
+    let new_type = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if old_type != "ExternalName" && new_type != "ExternalName" {
+        if is_empty_str(spec.get("clusterIP")) {
+            if let Some(ip) = old_spec.get("clusterIP").cloned() {
+                spec["clusterIP"] = ip;
+            }
+            if spec
+                .get("clusterIPs")
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.is_empty())
+            {
+                if let Some(ips) = old_spec.get("clusterIPs").cloned() {
+                    spec["clusterIPs"] = ips;
+                }
+            }
+        }
+        for key in ["ipFamilies", "ipFamilyPolicy"] {
+            if let Some(v) = old_spec.get(key).cloned() {
+                set(spec, key, v);
+            }
+        }
+    }
+    let keeps_node_ports = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    if keeps_node_ports(&old_type) && keeps_node_ports(&new_type) {
+        let old_ports = old_spec
+            .get("ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for p in list_mut(spec, "ports") {
+            if p.get("nodePort")
+                .is_some_and(|n| n.as_i64().unwrap_or(0) != 0)
+            {
+                continue;
+            }
+            let same = old_ports.iter().find(|o| {
+                o.get("port") == p.get("port")
+                    && o.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                        == p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+            });
+            if let Some(np) = same.and_then(|o| o.get("nodePort")).cloned() {
+                p["nodePort"] = np;
+            }
+        }
+        if let Some(h) = old_spec.get("healthCheckNodePort").cloned() {
+            set(spec, "healthCheckNodePort", h);
+        }
+    }
+}
+
 /// Set `key` when absent or null; returns the (possibly pre-existing) value.
 fn set<'a>(obj: &'a mut Value, key: &str, value: Value) -> &'a mut Value {
     if !obj.is_object() {
@@ -93,13 +170,12 @@ fn service(obj: &mut Value) {
                 m.shift_remove("sessionAffinityConfig");
             }
         }
-        Some("ClientIP") => {
+        Some("ClientIP")
             if spec
                 .pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
-                .is_none_or(Value::is_null)
-            {
-                spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
-            }
+                .is_none_or(Value::is_null) =>
+        {
+            spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
         }
         _ => {}
     }
@@ -660,6 +736,31 @@ mod tests {
         );
         let rs = defaulted("apps", "ReplicaSet", json!({"spec": {"replicas": 0}}));
         assert_eq!(rs["spec"]["replicas"], json!(0));
+    }
+
+    #[test]
+    fn update_keeps_allocated_service_values() {
+        let gk = GroupKind {
+            group: "",
+            kind: "Service",
+        };
+        let old = defaulted(
+            "",
+            "Service",
+            json!({"metadata": {"name": "s", "uid": "u1", "creationTimestamp": "2026-11-22T00:00:00Z"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 31399}]}}),
+        );
+        let mut new = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 9090}]}});
+        prepare_for_update(gk, &mut new, &old);
+        apply_defaults(gk, &mut new);
+        assert_eq!(new["spec"]["clusterIP"], json!("10.96.0.9"));
+        assert_eq!(new["spec"]["clusterIPs"], json!(["10.96.0.9"]));
+        assert_eq!(
+            new["spec"]["ports"],
+            json!([{"port": 80, "targetPort": 9090, "nodePort": 31399, "protocol": "TCP"}])
+        );
+        assert_eq!(new["metadata"]["uid"], json!("u1"));
+        assert!(crate::validation::validate(gk, &new, Some(&old)).is_empty());
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn is_omitted(name: &str, v: &Value) -> bool {
         Value::Null => true,
         _ => false,
     };
-    empty && !(KEEP_ZERO.contains(&name) && !matches!(v, Value::String(_) | Value::Null))
+    empty && (matches!(v, Value::String(_) | Value::Null) || !KEEP_ZERO.contains(&name))
 }
 
 fn message(idx: usize, buf: &[u8]) -> Result<Value, ProtoError> {
