@@ -178,10 +178,12 @@ impl ProxyModel {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         node: &NodeContext,
     ) -> ProxyModel {
-        let mut by_service: BTreeMap<ServiceKey, Vec<&EndpointSlice>> = BTreeMap::new();
+        let mut by_service: BTreeMap<ServiceKey, Vec<SliceInfo>> = BTreeMap::new();
         for slice in slices {
-            if let Some(key) = slice_service_key(slice) {
-                by_service.entry(key).or_default().push(slice);
+            if let (Some(key), Some(info)) =
+                (slice_service_key(slice), SliceInfo::from_slice(slice))
+            {
+                by_service.entry(key).or_default().push(info);
             }
         }
         let mut model = ProxyModel::default();
@@ -190,7 +192,7 @@ impl ProxyModel {
                 continue;
             };
             let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            if let Some(m) = service_model(svc, slices.iter().copied(), node) {
+            if let Some(m) = service_model(svc, slices.iter(), node) {
                 model.services.insert(key, m);
             }
         }
@@ -232,6 +234,66 @@ fn parse_ips<'a>(v: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
     out
 }
 
+/// The parts of an EndpointSlice the proxy uses, kept instead of the whole object (memory at scale).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: String,
+    pub protocol: Option<Protocol>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub ip: IpAddr,
+    pub node_name: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl SliceInfo {
+    /// None for slices of other address types (FQDN).
+    pub fn from_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            return None;
+        }
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| SlicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: Protocol::parse(p.protocol.as_deref()),
+                port: p.port.and_then(|p| u16::try_from(p).ok()),
+            })
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .filter_map(|ep| {
+                let ip = ep.addresses.first()?.parse::<IpAddr>().ok()?;
+                let cond = ep.conditions.as_ref();
+                // Upstream semantics: unknown readiness is ready; serving defaults to ready.
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                Some(SliceEndpoint {
+                    ip,
+                    node_name: ep.node_name.clone(),
+                    ready,
+                    serving: cond.and_then(|c| c.serving).unwrap_or(ready),
+                    terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+                })
+            })
+            .collect();
+        Some(SliceInfo { ports, endpoints })
+    }
+}
+
 /// One endpoint as read from a slice, before the policy choice.
 struct Candidate {
     ep: Endpoint,
@@ -243,7 +305,7 @@ struct Candidate {
 /// The model of one Service, or None when the proxy does not serve it (headless, ExternalName, no IPs).
 pub fn service_model<'a>(
     svc: &Service,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    slices: impl IntoIterator<Item = &'a SliceInfo>,
     node: &NodeContext,
 ) -> Option<ServiceModel> {
     let spec = svc.spec.as_ref()?;
@@ -294,10 +356,7 @@ pub fn service_model<'a>(
             .unwrap_or(10800)
     });
 
-    let slices: Vec<&EndpointSlice> = slices
-        .into_iter()
-        .filter(|s| s.address_type == "IPv4" || s.address_type == "IPv6")
-        .collect();
+    let slices: Vec<&SliceInfo> = slices.into_iter().collect();
 
     let mut ports = Vec::new();
     let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
@@ -313,23 +372,19 @@ pub fn service_model<'a>(
         for slice in &slices {
             // The slice port with the same name and protocol gives the target port of this slice's endpoints
             // (a named targetPort can resolve to different numbers in different pods, hence per slice).
-            let Some(target) = slice.ports.iter().flatten().find(|p| {
-                p.name.as_deref().unwrap_or("") == port_name
-                    && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
-            }) else {
+            let Some(target) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port_name && p.protocol == Some(protocol))
+            else {
                 continue;
             };
-            let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()) else {
+            let Some(target_port) = target.port else {
                 continue;
             };
             for ep in &slice.endpoints {
-                let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
-                    continue;
-                };
-                let cond = ep.conditions.as_ref();
-                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let (ip, ready, serving, terminating) =
+                    (ep.ip, ep.ready, ep.serving, ep.terminating);
                 let local = ep.node_name.as_deref() == Some(node.name.as_str());
                 if local && ready {
                     local_ready.insert(ip);

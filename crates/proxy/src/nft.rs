@@ -377,12 +377,42 @@ fn element_text(e: &Element) -> String {
     }
 }
 
+/// A fragment as remembered after installation: chain rules only as a hash (enough to tell a change), which
+/// keeps the installed program small at 10,000 services.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Stored {
+    sets: Vec<SetDecl>,
+    chains: Vec<(String, u64)>,
+    elements: Vec<Element>,
+}
+
+fn rules_hash(rules: &[String]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rules.hash(&mut h);
+    h.finish()
+}
+
+impl Stored {
+    fn of(f: &Fragment) -> Stored {
+        Stored {
+            sets: f.sets.clone(),
+            chains: f
+                .chains
+                .iter()
+                .map(|c| (c.name.clone(), rules_hash(&c.rules)))
+                .collect(),
+            elements: f.elements.clone(),
+        }
+    }
+}
+
 /// What is installed in the kernel (or about to be): per-service fragments and reference-counted shared elements.
 /// `full` and `update` keep it in step with the scripts they return.
 #[derive(Debug, Default)]
 pub struct Program {
     cfg: Option<RenderConfig>,
-    fragments: HashMap<ServiceKey, Fragment>,
+    fragments: HashMap<ServiceKey, Stored>,
     /// Shared elements: per (set, key), how many services contribute each value. Two services may claim the
     /// same key (e.g. the same externalIP and port): the smallest value wins, deterministically, and the other
     /// takes over when the winner goes, instead of failing the whole transaction with "File exists".
@@ -463,7 +493,10 @@ impl Program {
             }
         }
         write_elements(&mut out, t, "add", &order);
-        self.fragments = fragments.into_iter().collect();
+        self.fragments = fragments
+            .into_iter()
+            .map(|(k, f)| (k, Stored::of(&f)))
+            .collect();
         self.cfg = Some(cfg.clone());
         out
     }
@@ -499,13 +532,18 @@ impl Program {
         let mut changed_chains: Vec<&Chain> = Vec::new();
         let mut gone_chains: Vec<String> = Vec::new();
         let mut delta: HashMap<Element, i64> = HashMap::new();
+        let empty_stored = Stored::default();
         let empty = Fragment::default();
+        let mut stored: Vec<(ServiceKey, Option<Stored>)> = Vec::with_capacity(changes.len());
         for (key, new) in &changes {
-            let old = self.fragments.get(key).unwrap_or(&empty);
-            let new = new.as_ref().unwrap_or(&empty);
-            if old == new {
+            let old = self.fragments.get(key).unwrap_or(&empty_stored);
+            let new_stored = new.as_ref().map(Stored::of);
+            let unchanged = new_stored.as_ref().unwrap_or(&empty_stored) == old;
+            stored.push((key.clone(), new_stored));
+            if unchanged {
                 continue;
             }
+            let new = new.as_ref().unwrap_or(&empty);
             let old_sets: HashMap<&str, &str> = old
                 .sets
                 .iter()
@@ -528,20 +566,20 @@ impl Program {
                     gone_sets.push(s.name.clone());
                 }
             }
-            let old_chains: HashMap<&str, &Chain> =
-                old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+            let old_chains: HashMap<&str, u64> =
+                old.chains.iter().map(|(n, h)| (n.as_str(), *h)).collect();
             let new_names: HashMap<&str, ()> =
                 new.chains.iter().map(|c| (c.name.as_str(), ())).collect();
             for c in &new.chains {
                 match old_chains.get(c.name.as_str()) {
                     None => new_chains.push(c),
-                    Some(o) if o.rules != c.rules => changed_chains.push(c),
+                    Some(h) if *h != rules_hash(&c.rules) => changed_chains.push(c),
                     Some(_) => {}
                 }
             }
-            for c in &old.chains {
-                if !new_names.contains_key(c.name.as_str()) {
-                    gone_chains.push(c.name.clone());
+            for (name, _) in &old.chains {
+                if !new_names.contains_key(name.as_str()) {
+                    gone_chains.push(name.clone());
                 }
             }
             for e in &old.elements {
@@ -614,7 +652,7 @@ impl Program {
         for s in &gone_sets {
             let _ = writeln!(out, "delete set ip {t} {s}");
         }
-        for (key, new) in changes {
+        for (key, new) in stored {
             match new {
                 Some(f) => {
                     self.fragments.insert(key, f);

@@ -18,7 +18,7 @@ use crate::nft::{self, Program, RenderConfig};
 #[derive(Debug)]
 pub struct State {
     services: HashMap<ServiceKey, Arc<Service>>,
-    slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    slices: HashMap<ServiceKey, BTreeMap<String, model::SliceInfo>>,
     /// (namespace, slice name) → the service its label named, so a relabelled or deleted slice is found.
     slice_owner: HashMap<(String, String), ServiceKey>,
     node: NodeContext,
@@ -77,11 +77,14 @@ impl State {
             return;
         };
         self.remove_slice(&id);
-        if let Some(key) = model::slice_service_key(&slice) {
+        if let (Some(key), Some(info)) = (
+            model::slice_service_key(&slice),
+            model::SliceInfo::from_slice(&slice),
+        ) {
             self.slices
                 .entry(key.clone())
                 .or_default()
-                .insert(id.1.clone(), Arc::new(slice));
+                .insert(id.1.clone(), info);
             self.slice_owner.insert(id, key.clone());
             self.touch(key);
         }
@@ -117,13 +120,17 @@ impl State {
         self.slices.clear();
         self.slice_owner.clear();
         for s in all {
-            let (Some(id), Some(key)) = (Self::slice_id(&s), model::slice_service_key(&s)) else {
+            let (Some(id), Some(key), Some(info)) = (
+                Self::slice_id(&s),
+                model::slice_service_key(&s),
+                model::SliceInfo::from_slice(&s),
+            ) else {
                 continue;
             };
             self.slices
                 .entry(key.clone())
                 .or_default()
-                .insert(id.1.clone(), Arc::new(s));
+                .insert(id.1.clone(), info);
             self.slice_owner.insert(id, key);
         }
         self.all_dirty = true;
@@ -151,11 +158,7 @@ impl State {
     pub fn model_of(&self, key: &ServiceKey) -> Option<ServiceModel> {
         let svc = self.services.get(key)?;
         let slices = self.slices.get(key);
-        model::service_model(
-            svc,
-            slices.into_iter().flat_map(|m| m.values().map(|s| &**s)),
-            &self.node,
-        )
+        model::service_model(svc, slices.into_iter().flat_map(|m| m.values()), &self.node)
     }
 }
 
@@ -166,6 +169,8 @@ pub struct SyncReport {
     /// Services whose model changed.
     pub changed: usize,
     pub script_bytes: usize,
+    /// Time spent computing models and the script (before `nft` runs).
+    pub compute: Duration,
     /// Time from the oldest change seen to the rules being in the kernel.
     pub programming_latency: Option<Duration>,
     /// The changes to the health check servers / announced addresses happened (callers reconcile then).
@@ -233,6 +238,7 @@ impl Proxier {
         &mut self,
         state: &parking_lot::Mutex<State>,
     ) -> Result<SyncReport, SyncError> {
+        let started = Instant::now();
         let full = !self.program.is_synced_with(&self.cfg);
         let mut report = SyncReport {
             full,
@@ -321,6 +327,7 @@ impl Proxier {
             }
         };
         report.script_bytes = script.len();
+        report.compute = started.elapsed();
         if let Err(e) = self.runner.nft(&script).await {
             // The kernel still has the previous table (the transaction is atomic): start over with a full
             // sync of everything next time.
