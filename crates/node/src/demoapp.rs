@@ -10,15 +10,15 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Port to listen on.
     #[arg(long, env = "PORT", default_value_t = 80)]
     pub port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to listen on; `::` (the default) also accepts IPv4 where the kernel allows dual-stack sockets.
+    #[arg(long, default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
     pub host: IpAddr,
 }
 
@@ -70,7 +70,18 @@ fn respond(req: &Request<Incoming>, peer: SocketAddr, local: SocketAddr) -> Resp
 
 /// Serve until the process ends.
 pub async fn run(listen: SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        // `::` without IPv6 in the namespace: serve IPv4 only.
+        Err(_) if listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            tokio::net::TcpListener::bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                listen.port(),
+            ))
+            .await?
+        }
+        Err(e) => return Err(e),
+    };
     serve(listener).await
 }
 

@@ -153,7 +153,7 @@ impl Worker {
     }
 
     /// Network namespace, CNI ADD (or adoption of the recorded sandbox), resolv.conf and hosts.
-    async fn setup_sandbox(&mut self) -> Result<(), String> {
+    async fn setup_sandbox(&mut self, mut retry: bool) -> Result<(), String> {
         let spec = self.pod.spec.clone().unwrap_or_default();
         let host_network = spec.host_network.unwrap_or(false);
         if host_network {
@@ -169,6 +169,7 @@ impl Worker {
                 Ok(p) => p,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     // A leftover from a crash before the state was saved: start clean.
+                    retry = true;
                     let _ = netns::remove(&name);
                     netns::create(&name)
                         .await
@@ -179,6 +180,14 @@ impl Worker {
             self.record.netns = Some(name.clone());
             self.netns_path = Some(path.clone());
             self.save();
+            if retry {
+                // An earlier attempt may have left an attachment (or an IPAM reservation) behind.
+                let _ = self
+                    .ctx
+                    .cni
+                    .del(&name, Some(&path), "eth0", &self.pod_ref())
+                    .await;
+            }
             let result = self
                 .ctx
                 .cni
@@ -818,7 +827,7 @@ impl Worker {
         if !deleting && !already_done {
             let mut attempt = 0u32;
             loop {
-                match self.setup_sandbox().await {
+                match self.setup_sandbox(attempt > 0).await {
                     Ok(()) => break,
                     Err(message) => {
                         tracing::warn!(pod = %self.name, %message, "sandbox setup failed");
@@ -834,7 +843,9 @@ impl Worker {
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             changed = updates.changed() => {
-                                let gone = changed.is_err() || updates.borrow().as_ref().is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+                                // The agent is shutting down: leave everything as it is.
+                                if changed.is_err() { return; }
+                                let gone = updates.borrow().as_ref().is_none_or(|p| p.metadata.deletion_timestamp.is_some());
                                 if gone { break; }
                             }
                         }
@@ -857,7 +868,12 @@ impl Worker {
             };
             tokio::select! {
                 changed = updates.changed() => {
-                    let current = if changed.is_ok() { updates.borrow_and_update().clone() } else { None };
+                    // The agent is shutting down (not a deletion: that arrives as None): the pod keeps
+                    // running and the next agent adopts it.
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = updates.borrow_and_update().clone();
                     match current {
                         Some(pod) if pod.metadata.deletion_timestamp.is_none() => self.pod = pod,
                         Some(pod) => {
@@ -960,7 +976,9 @@ impl Worker {
                         vec![waiter],
                     );
                 }
-                Some(_) => {
+                Some(p) => {
+                    tracing::info!(pod = %self.name, container = %name, pid = p.pid, ticks = p.start_ticks,
+                        now_ticks = ?spawn::start_ticks(p.pid), "recorded container process is gone");
                     // It died while the agent was away: that counts as a restart.
                     self.containers[idx].finished_at = Some(self.ctx.origin.elapsed());
                     self.containers[idx].restart_count += 1;
