@@ -177,7 +177,11 @@ fn strip_directives(m: &mut Map<String, Value>) {
 fn strip_value(v: &mut Value) {
     match v {
         Value::Object(o) => strip_directives(o),
-        Value::Array(a) => a.iter_mut().for_each(strip_value),
+        Value::Array(a) => {
+            // a `$patch: delete` element in a list taken wholesale deletes nothing: drop it
+            a.retain(|x| x.get(DIRECTIVE).and_then(Value::as_str) != Some("delete"));
+            a.iter_mut().for_each(strip_value)
+        }
         _ => {}
     }
 }
@@ -838,6 +842,27 @@ mod tests {
             apply_merge_patch(&doc, &json!([1])),
             Err(PatchError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn kubectl_apply_deployment_update() {
+        let live = json!({"metadata": {"name": "demoapp", "finalizers": ["a"]}, "spec": {"replicas": 2, "template": {"spec": {
+            "containers": [{"name": "demoapp", "image": "ikubernetes/demoapp:v1.0", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]}}}});
+        let patch = json!({"spec": {"replicas": 3, "template": {"spec": {
+            "$setElementOrder/containers": [{"name": "demoapp"}, {"name": "sidecar"}],
+            "containers": [{"name": "demoapp", "image": "ikubernetes/demoapp:v1.1"}, {"name": "sidecar", "image": "busybox"}]}}}});
+        assert_eq!(
+            smp(DEPLOY, live, patch),
+            json!({"metadata": {"name": "demoapp", "finalizers": ["a"]}, "spec": {"replicas": 3, "template": {"spec": {"containers": [
+                {"name": "demoapp", "image": "ikubernetes/demoapp:v1.1", "ports": [{"containerPort": 80, "protocol": "TCP"}]},
+                {"name": "sidecar", "image": "busybox"}]}}}})
+        );
+        // directives inside a value the live object lacks are not stored
+        let fresh = json!({"spec": {"$setElementOrder/ports": [{"port": 80}], "ports": [{"port": 80}, {"$patch": "delete", "port": 81}]}});
+        assert_eq!(
+            smp(SVC, json!({"metadata": {}}), fresh),
+            json!({"metadata": {}, "spec": {"ports": [{"port": 80}]}})
+        );
     }
 
     #[test]
