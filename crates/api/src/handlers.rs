@@ -594,6 +594,8 @@ async fn get_obj(ctx: &Ctx, res: &Resource, ns: Option<&str>, name: &str) -> Api
 struct Filters {
     labels: selector::LabelSelector,
     fields: selector::FieldSelector,
+    /// No selector given: everything matches (lets hot paths skip parsing objects).
+    empty: bool,
 }
 
 impl Filters {
@@ -606,9 +608,18 @@ impl Filters {
             q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""),
         )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        Ok(Self { labels, fields })
+        let empty = q.get("labelSelector").is_none_or(|s| s.trim().is_empty())
+            && q.get("fieldSelector").is_none_or(|s| s.trim().is_empty());
+        Ok(Self {
+            labels,
+            fields,
+            empty,
+        })
     }
     fn matches(&self, v: &Value) -> bool {
+        if self.empty {
+            return true;
+        }
         self.labels.matches(meta(v).get("labels")) && self.fields.matches(v)
     }
 }
@@ -1868,7 +1879,12 @@ async fn watch(
                     if exact_key.as_ref().is_some_and(|k| *k != ev.kv.key) {
                         continue;
                     }
-                    let Some(line) = convert_event(&ev, &filters, |ty, obj| encode(ty, obj, &mut first_table)) else { continue };
+                    let line = if filters.empty && !table {
+                        raw_event_line(&ev)
+                    } else {
+                        convert_event(&ev, &filters, |ty, obj| encode(ty, obj, &mut first_table))
+                    };
+                    let Some(line) = line else { continue };
                     if tx.send(line).await.is_err() {
                         return;
                     }
@@ -1904,6 +1920,22 @@ fn event_line(ty: &str, obj: &Value) -> Bytes {
 }
 
 /// Map a store event to a watch event under the selectors: leaving the selection is DELETED, entering ADDED.
+/// A watch line built from the stored bytes (no selector, JSON): no parse per watcher.
+fn raw_event_line(ev: &skiff_store::Event) -> Option<Bytes> {
+    let ty = match (ev.kind, ev.prev.is_some()) {
+        (EventType::Delete, _) => "DELETED",
+        (EventType::Put, false) => "ADDED",
+        (EventType::Put, true) => "MODIFIED",
+    };
+    let mut b = Vec::with_capacity(ev.kv.value.len() + 64);
+    b.extend_from_slice(b"{\"type\":\"");
+    b.extend_from_slice(ty.as_bytes());
+    b.extend_from_slice(b"\",\"object\":");
+    kv_json(&ev.kv, &mut b).ok()?;
+    b.extend_from_slice(b"}\n");
+    Some(Bytes::from(b))
+}
+
 fn convert_event(
     ev: &skiff_store::Event,
     filters: &Filters,

@@ -757,3 +757,42 @@ async fn edit_with_scripted_editor() {
         "edited"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_pod_and_deployment_and_explain() {
+    let (_s, k) = setup().await;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels:\n    app: web\nspec:\n  containers:\n  - name: c\n    image: ikubernetes/demoapp:v1.0\n    ports:\n    - containerPort: 80\n";
+    assert_eq!(
+        k.go(&["apply", "-f", &k.file("pod.yaml", pod)]).await.ok(),
+        "pod/web created\n"
+    );
+    let out = k.go(&["describe", "pod", "web"]).await;
+    let t = out.ok();
+    let field = |t: &str, label: &str| -> String {
+        t.lines()
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix(&format!("{label}:"))
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(field(t, "Name"), "web", "{t}");
+    assert_eq!(field(t, "Labels"), "app=web", "{t}");
+    // Defaulted container port protocol (without defaulting kubectl prints `80/`).
+    assert_eq!(field(t, "Port"), "80/TCP", "{t}");
+    k.go(&["apply", "-f", &k.file("d.yaml", DEPLOYMENT)])
+        .await
+        .ok();
+    let out = k.go(&["describe", "deploy", "demoapp"]).await;
+    let t = out.ok();
+    assert_eq!(field(t, "Selector"), "app=demoapp", "{t}");
+    assert_eq!(field(t, "StrategyType"), "RollingUpdate", "{t}");
+    let out = k.go(&["explain", "svc"]).await;
+    assert!(
+        out.ok()
+            .starts_with("KIND:       Service\nVERSION:    v1\n"),
+        "{}",
+        out.stdout
+    );
+}
