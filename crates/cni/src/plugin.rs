@@ -37,7 +37,19 @@ pub struct NetConf {
     pub kind: String,
     #[serde(default)]
     pub mtu: Option<u32>,
-    pub ipam: IpamConfig,
+    /// The raw `ipam` section: `skiff-ipam` (or no type) is the built-in allocator, any other type is an IPAM
+    /// plugin executed from CNI_PATH as the spec's delegation describes (e.g. the reference host-local).
+    #[serde(default)]
+    pub ipam: Value,
+    /// The built-in allocator's configuration (filled by [`parse_config`]).
+    #[serde(skip)]
+    pub builtin_ipam: Option<IpamConfig>,
+    /// The delegated IPAM plugin's type (filled by [`parse_config`]).
+    #[serde(skip)]
+    pub delegate_ipam: Option<String>,
+    /// The configuration exactly as received: delegated IPAM plugins get the same stdin.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
     #[serde(default)]
     pub prev_result: Option<Value>,
     #[serde(default, rename = "cni.dev/valid-attachments")]
@@ -156,15 +168,34 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
             "network configuration has an empty name",
         ));
     }
-    if let Some(kind) = conf.ipam.kind.as_deref().filter(|k| *k != "skiff-ipam") {
-        return Err(CniError::new(
-            code::UNSUPPORTED_FIELD,
-            format!("ipam type \"{kind}\" is not supported: skiff-cni has its own IPAM (type \"skiff-ipam\")"),
-        ));
+    let mut conf = conf;
+    conf.raw = stdin.to_vec();
+    match conf.ipam.get("type").and_then(Value::as_str) {
+        Some(kind) if kind != "skiff-ipam" => {
+            if kind.is_empty() || kind.contains('/') {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("invalid ipam type \"{kind}\""),
+                ));
+            }
+            conf.delegate_ipam = Some(kind.to_string());
+        }
+        _ => {
+            if conf.ipam.is_null() {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "network configuration has no ipam section",
+                ));
+            }
+            let builtin: IpamConfig = serde_json::from_value(conf.ipam.clone()).map_err(|e| {
+                CniError::new(code::INVALID_CONFIG, "invalid IPAM configuration").with_details(e)
+            })?;
+            Range::from_config(&builtin).map_err(|e| {
+                CniError::new(code::INVALID_CONFIG, "invalid IPAM configuration").with_details(e)
+            })?;
+            conf.builtin_ipam = Some(builtin);
+        }
     }
-    Range::from_config(&conf.ipam).map_err(|e| {
-        CniError::new(code::INVALID_CONFIG, "invalid IPAM configuration").with_details(e)
-    })?;
     if conf.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -243,7 +274,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         }
         "GC" => {
             let conf = parse_config(stdin)?;
-            gc(&conf)?;
+            gc(env, &conf)?;
             Ok(None)
         }
         other => Err(CniError::new(
@@ -255,11 +286,109 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
 
 fn store(conf: &NetConf) -> Store {
     let data_dir = conf
-        .ipam
-        .data_dir
-        .clone()
+        .builtin_ipam
+        .as_ref()
+        .and_then(|i| i.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(ipam::DEFAULT_DATA_DIR));
     Store::new(&data_dir, &conf.name)
+}
+
+/// Execute the delegated IPAM plugin with the same environment (CNI_COMMAND overridden) and stdin, as the
+/// spec's "Delegated plugin protocol" says; returns its stdout on success.
+fn delegate(env: &Env, conf: &NetConf, command: &str) -> Result<Vec<u8>, CniError> {
+    use std::process::{Command, Stdio};
+    let kind = conf.delegate_ipam.as_deref().unwrap_or_default();
+    let path = env.path.as_deref().unwrap_or_default();
+    let binary = std::env::split_paths(path)
+        .map(|d| d.join(kind))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("failed to find IPAM plugin \"{kind}\" in CNI_PATH \"{path}\""),
+            )
+        })?;
+    let mut child = Command::new(&binary)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            CniError::new(code::IO_FAILURE, format!("executing IPAM plugin {kind}")).with_details(e)
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&conf.raw).map_err(|e| {
+            CniError::new(code::IO_FAILURE, format!("writing to IPAM plugin {kind}"))
+                .with_details(e)
+        })?;
+    }
+    let out = child.wait_with_output().map_err(|e| {
+        CniError::new(code::IO_FAILURE, format!("waiting for IPAM plugin {kind}")).with_details(e)
+    })?;
+    if !out.status.success() {
+        // The delegate's own error object is passed through, as chained plugins do.
+        return Err(
+            serde_json::from_slice::<CniError>(&out.stdout).unwrap_or_else(|_| {
+                CniError::new(
+                    code::IO_FAILURE,
+                    format!("IPAM plugin {kind} failed: {}", out.status),
+                )
+            }),
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Get an address for the container: (pod IP, gateway).
+fn ipam_add(
+    env: &Env,
+    conf: &NetConf,
+    container_id: &str,
+    ifname: &str,
+) -> Result<(Ipv4Addr, Ipv4Addr), CniError> {
+    if let Some(builtin) = &conf.builtin_ipam {
+        let range = Range::from_config(builtin)
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+        let ip = store(conf)
+            .allocate(&range, container_id, ifname)
+            .map_err(ipam_err)?;
+        return Ok((ip, range.gateway));
+    }
+    let out = delegate(env, conf, "ADD")?;
+    let result: CniResult = serde_json::from_slice(&out).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            "failed to decode the IPAM plugin's result",
+        )
+        .with_details(e)
+    })?;
+    let ip = result.ips.iter().find_map(|ip| match ip.address {
+        ipnet::IpNet::V4(net) => Some((net, ip.gateway)),
+        ipnet::IpNet::V6(_) => None,
+    });
+    let Some((net, gateway)) = ip else {
+        let _ = delegate(env, conf, "DEL");
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "the IPAM plugin returned no IPv4 address",
+        ));
+    };
+    let gateway = match gateway {
+        Some(IpAddr::V4(gw)) => gw,
+        _ => Ipv4Addr::from(u32::from(net.network()) + 1),
+    };
+    Ok((net.addr(), gateway))
+}
+
+fn ipam_del(env: &Env, conf: &NetConf, container_id: &str, ifname: &str) -> Result<(), CniError> {
+    if conf.builtin_ipam.is_some() {
+        store(conf)
+            .release(container_id, ifname)
+            .map_err(ipam_err)?;
+        return Ok(());
+    }
+    delegate(env, conf, "DEL").map(|_| ())
 }
 
 fn ipam_err(e: ipam::IpamError) -> CniError {
@@ -294,15 +423,10 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
             format!("failed to open netns \"{netns}\": no such file"),
         ));
     }
-    let range = Range::from_config(&conf.ipam)
-        .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
-    let store = store(conf);
-    let pod_ip = store
-        .allocate(&range, &container_id, &ifname)
-        .map_err(ipam_err)?;
+    let (pod_ip, gateway) = ipam_add(env, conf, &container_id, &ifname)?;
     let mtu = conf.mtu.unwrap_or(DEFAULT_MTU);
     let host_name = host_veth_name(&container_id, &ifname);
-    match wire(&netns, &ifname, &host_name, pod_ip, range.gateway, mtu) {
+    match wire(&netns, &ifname, &host_name, pod_ip, gateway, mtu) {
         Ok((host_mac, pod_mac)) => {
             let mut result = CniResult {
                 cni_version: conf.cni_version.clone(),
@@ -325,14 +449,14 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
                     address: ipnet::IpNet::V4(ipnet::Ipv4Net::new(pod_ip, 32).map_err(|e| {
                         CniError::new(code::IO_FAILURE, "building address").with_details(e)
                     })?),
-                    gateway: Some(IpAddr::V4(range.gateway)),
+                    gateway: Some(IpAddr::V4(gateway)),
                     interface: Some(1),
                 }],
                 routes: vec![Route {
                     dst: "0.0.0.0/0"
                         .parse()
                         .map_err(|e| CniError::new(code::IO_FAILURE, "route").with_details(e))?,
-                    gw: Some(IpAddr::V4(range.gateway)),
+                    gw: Some(IpAddr::V4(gateway)),
                 }],
                 dns: Default::default(),
             };
@@ -342,7 +466,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
         Err(e) => {
             // Undo: nothing of a failed ADD may stay behind (the runtime will not DEL after a failed ADD).
             let _ = delete_host_veth(&host_name);
-            let _ = store.release(&container_id, &ifname);
+            let _ = ipam_del(env, conf, &container_id, &ifname);
             Err(e)
         }
     }
@@ -516,10 +640,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let ifname = env.require(&env.ifname, "CNI_IFNAME")?;
     // Deleting the host end destroys the pod end too, whether or not the pod's netns still exists.
     delete_host_veth(&host_veth_name(container_id, ifname)).map_err(nl_err("deleting veth"))?;
-    store(conf)
-        .release(container_id, ifname)
-        .map_err(ipam_err)?;
-    Ok(())
+    ipam_del(env, conf, container_id, ifname)
 }
 
 /// CHECK: the container's address is allocated, its interface carries it, the host end and route exist.
@@ -538,15 +659,22 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 CniError::new(code::DECODE_FAILURE, "failed to decode prevResult").with_details(e)
             })
         })?;
-    let ip = store(conf)
-        .find(&container_id, &ifname)
-        .map_err(ipam_err)?
-        .ok_or_else(|| {
-            CniError::new(
-                code::UNKNOWN_CONTAINER,
-                format!("unknown container {container_id}"),
-            )
-        })?;
+    let ip = if conf.builtin_ipam.is_some() {
+        store(conf)
+            .find(&container_id, &ifname)
+            .map_err(ipam_err)?
+            .ok_or_else(|| {
+                CniError::new(
+                    code::UNKNOWN_CONTAINER,
+                    format!("unknown container {container_id}"),
+                )
+            })?
+    } else {
+        // The delegate checks its own allocation (it gets prevResult too).
+        delegate(env, conf, "CHECK")?;
+        prev.pod_ipv4()
+            .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "prevResult has no IPv4 address"))?
+    };
     if prev.pod_ipv4() != Some(ip) {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -597,7 +725,10 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 }
 
 /// GC (CNI 1.1): release addresses of attachments the runtime no longer knows.
-fn gc(conf: &NetConf) -> Result<(), CniError> {
+fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    if conf.delegate_ipam.is_some() {
+        return delegate(env, conf, "GC").map(|_| ());
+    }
     let Some(valid) = &conf.valid_attachments else {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -689,16 +820,21 @@ mod tests {
         );
         assert_eq!(
             code_of(
-                r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-cni","ipam":{"type":"dhcp","subnet":"10.1.0.0/24"}}"#
+                r#"{"cniVersion":"1.0.0","name":"n","type":"skiff-cni","ipam":{"type":"skiff-ipam","subnet":"10.1.0.0/24","bogus":1}}"#
             ),
-            code::UNSUPPORTED_FIELD
+            code::INVALID_CONFIG
         );
+        let delegated = parse_config(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"skiff-cni","ipam":{"type":"host-local","subnet":"10.1.0.0/24"}}"#,
+        )
+        .unwrap();
+        assert_eq!(delegated.delegate_ipam.as_deref(), Some("host-local"));
         let ok = parse_config(
             br#"{"cniVersion":"0.4.0","name":"n","type":"skiff-cni","mtu":1450,"ipam":{"type":"skiff-ipam","subnet":"10.1.0.0/24"}}"#,
         )
         .unwrap();
         assert_eq!(
-            (ok.mtu, ok.ipam.subnet.to_string()),
+            (ok.mtu, ok.builtin_ipam.as_ref().unwrap().subnet.to_string()),
             (Some(1450), "10.1.0.0/24".to_string())
         );
     }

@@ -384,3 +384,50 @@ fn two_hundred_add_del_cycles_leak_nothing() {
         .count();
     assert_eq!(cached, 0);
 }
+
+#[test]
+fn skiff_cni_delegates_to_the_reference_host_local_ipam() {
+    let node = Netns::new("skcn");
+    let (pa, pb) = (Netns::new("skcp"), Netns::new("skcp"));
+    let s = setup(
+        r#"{"cniVersion":"1.0.0","name":"delegated","plugins":[{"type":"skiff-cni","mtu":1500,
+            "ipam":{"type":"host-local","subnet":"10.128.0.0/24","gateway":"10.128.0.1","dataDir":"@DATA@"}}]}"#,
+    );
+    let rt = s.runtime.clone();
+    let (a_path, b_path) = (pa.path(), pb.path());
+    let (ra, rb) = node.block_on(move || async move {
+        let ra = rt.add("dl-a", &a_path, "eth0", &pod("a")).await.unwrap();
+        let rb = rt.add("dl-b", &b_path, "eth0", &pod("b")).await.unwrap();
+        rt.check("dl-a", &a_path, "eth0", &pod("a")).await.unwrap();
+        (ra, rb)
+    });
+    let (ip_a, ip_b) = (ra.pod_ipv4().unwrap(), rb.pod_ipv4().unwrap());
+    assert_eq!(
+        (ip_a, ip_b),
+        (Ipv4Addr::new(10, 128, 0, 2), Ipv4Addr::new(10, 128, 0, 3))
+    );
+    assert_eq!(addrs(&pa, "eth0"), vec!["10.128.0.2/32"]);
+    // host-local's own allocation file records the container.
+    assert!(
+        std::fs::read_to_string(s.dir.path().join("ipam/delegated/10.128.0.2"))
+            .unwrap()
+            .starts_with("dl-a")
+    );
+    let (peer, _) = tcp_probe(&pb, ip_b, &pa);
+    assert_eq!(peer.ip(), ip_a);
+    let rt = s.runtime.clone();
+    let (a_path, b_path) = (pa.path(), pb.path());
+    node.block_on(move || async move {
+        rt.del("dl-a", Some(&a_path), "eth0", &pod("a"))
+            .await
+            .unwrap();
+        rt.del("dl-a", Some(&a_path), "eth0", &pod("a"))
+            .await
+            .unwrap();
+        rt.del("dl-b", Some(&b_path), "eth0", &pod("b"))
+            .await
+            .unwrap();
+    });
+    assert!(!s.dir.path().join("ipam/delegated/10.128.0.2").exists());
+    assert!(!s.dir.path().join("ipam/delegated/10.128.0.3").exists());
+}
