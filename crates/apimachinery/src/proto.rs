@@ -91,9 +91,6 @@ const KEEP_ZERO: &[&str] = &[
     "setHostnameAsFQDN",
     "priority",
     "allocateLoadBalancerNodePorts",
-    "publishNotReadyAddresses",
-    "stdin",
-    "tty",
 ];
 
 /// Decode a `k8s\0`-enveloped runtime.Unknown into the object's JSON form (with apiVersion and kind).
@@ -274,8 +271,10 @@ fn value(r: &mut Reader<'_>, kind: &Kind, wt: u8) -> Result<Value, ProtoError> {
     }
 }
 
-/// Go's omitempty for scalars: drop "", 0 and false unless the field is a pointer with a meaningful zero.
-fn is_omitted(name: &str, v: &Value) -> bool {
+/// Go's omitempty for scalars: drop "", 0 and false unless the field is a pointer with a meaningful zero
+/// (status structs have no such pointers: `status.replicas` is a plain int32).
+fn is_omitted(msg: &str, name: &str, v: &Value) -> bool {
+    let name = if msg.ends_with("Status") { "" } else { name };
     let empty = match v {
         Value::String(s) => s.is_empty(),
         Value::Number(n) => n.as_f64() == Some(0.0),
@@ -404,7 +403,7 @@ fn message(idx: usize, buf: &[u8]) -> Result<Value, ProtoError> {
             }
         } else if f.repeated {
             push(&mut out, f.name, v);
-        } else if !is_omitted(f.name, &v) {
+        } else if !is_omitted(msg.name, f.name, &v) {
             out.insert(f.name.to_string(), v);
         } else {
             out.shift_remove(f.name);
@@ -566,9 +565,9 @@ mod tests {
                 "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "demoapp"}},
                     "template": {"metadata": {"labels": {"app": "demoapp"}},
                         "spec": {"containers": [{"name": "demoapp", "image": "ikubernetes/demoapp:v1.0",
-                            "ports": [{"containerPort": 80}], "resources": {}, "stdin": false, "tty": false}]}},
+                            "ports": [{"containerPort": 80}], "resources": {}}]}},
                     "strategy": {}},
-                "status": {"replicas": 0}})
+                "status": {}})
         );
     }
 
@@ -735,6 +734,23 @@ mod tests {
                 "containers": [{"name": "c", "image": "busybox",
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 5}}],
                 "terminationGracePeriodSeconds": 0})
+        );
+    }
+
+    #[test]
+    fn explicit_zero_pointer_fields_survive() {
+        let d = apps::Deployment {
+            metadata: Some(go_meta("d", &[])),
+            spec: Some(apps::DeploymentSpec {
+                replicas: Some(0),
+                min_ready_seconds: Some(0),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        assert_eq!(
+            decode(&envelope("apps/v1", "Deployment", d.encode_to_vec())).unwrap()["spec"],
+            json!({"replicas": 0})
         );
     }
 
