@@ -1583,8 +1583,8 @@ struct DeleteOptions {
     grace_period_seconds: Option<i64>,
     #[serde(default)]
     preconditions: Option<Preconditions>,
-    #[allow(dead_code)]
     propagation_policy: Option<String>,
+    orphan_dependents: Option<bool>,
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -1603,6 +1603,9 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
     };
     if q.get("dryRun").is_some_and(|v| v == "All") {
         o.dry_run.push("All".into());
+    }
+    if let Some(p) = q.get("propagationPolicy").filter(|p| !p.is_empty()) {
+        o.propagation_policy = Some(p.clone());
     }
     if let Some(g) = q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()) {
         o.grace_period_seconds = Some(g);
@@ -1663,6 +1666,26 @@ async fn delete_one(
         if dry {
             return Ok(obj);
         }
+        // Foreground / Orphan propagation: the garbage collector (controllers) finishes the deletion once the
+        // dependents are gone / released, then removes this finalizer.
+        let propagation_finalizer = match opts.propagation_policy.as_deref() {
+            Some("Foreground") if !is_ns => Some("foregroundDeletion"),
+            Some("Orphan") if !is_ns => Some("orphan"),
+            _ if opts.orphan_dependents == Some(true) && !is_ns => Some("orphan"),
+            _ => None,
+        };
+        let mut obj = obj;
+        let mut added_finalizer = false;
+        if let Some(f) = propagation_finalizer {
+            let m = meta_mut(&mut obj);
+            let list = m.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(a) = list.as_array_mut() {
+                if !a.iter().any(|x| x == f) {
+                    a.push(json!(f));
+                    added_finalizer = true;
+                }
+            }
+        }
         let has_finalizers = meta(&obj)["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
@@ -1675,7 +1698,7 @@ async fn delete_one(
             && opts.grace_period_seconds != Some(0);
         let already_terminating = meta(&obj)["deletionTimestamp"].is_string();
         if has_finalizers || (graceful_pod && !already_terminating) {
-            if already_terminating {
+            if already_terminating && !added_finalizer {
                 return Ok(obj);
             }
             let grace = opts
@@ -1690,11 +1713,13 @@ async fn delete_one(
                     grace
                 });
             let m = meta_mut(&mut new);
-            m.insert(
-                "deletionTimestamp".into(),
-                json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-            );
-            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            if !already_terminating {
+                m.insert(
+                    "deletionTimestamp".into(),
+                    json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
+                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            }
             m.remove("resourceVersion");
             match ctx
                 .store

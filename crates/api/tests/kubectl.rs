@@ -593,6 +593,29 @@ async fn finalizers_hold_deletion() {
     .ok();
     let nf = k.go(&["get", "cm", "held"]).await;
     assert_eq!(nf.code, 1, "{}", nf.stdout);
+    // Foreground cascading deletion leaves the object to the garbage collector with its finalizer.
+    k.go(&["apply", "-f", &k.file("d.yaml", DEPLOYMENT)])
+        .await
+        .ok();
+    k.go(&[
+        "delete",
+        "deploy",
+        "demoapp",
+        "--cascade=foreground",
+        "--wait=false",
+    ])
+    .await
+    .ok();
+    let f = k
+        .go(&[
+            "get",
+            "deploy",
+            "demoapp",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ])
+        .await;
+    assert_eq!(f.ok(), r#"["foregroundDeletion"]"#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
