@@ -529,6 +529,20 @@ pub async fn run_in(
     if options.mode == Mode::HostGw {
         remove_vxlan_device(&handle).await?;
     }
+    // The node forwards between pods, the overlay and the node network even before its first pod exists.
+    let ns = netns.clone();
+    tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            if let Some(path) = &ns {
+                nl::enter_netns(path)?;
+            }
+            nl::sysctl("net/ipv4/ip_forward", "1")
+        })
+        .join()
+        .map_err(|_| NlError::Other("sysctl thread panicked".into()))?
+    })
+    .await
+    .map_err(|e| NlError::Other(e.to_string()))??;
     nft_apply_in(&masquerade_script(options.cluster_cidr), netns.as_deref()).await?;
 
     let (reader, writer) = reflector::store::<Node>();

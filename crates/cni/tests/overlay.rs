@@ -308,6 +308,18 @@ fn run_follows_node_objects_joining_and_leaving() {
     assert_eq!(ann["skiff.dev/node-ip"], "192.168.77.2");
     let (peer, _) = tcp_probe(&b.pod, b.pod_ip, &a.pod);
     assert_eq!(peer.ip(), a.pod_ip);
+    assert_eq!(
+        common::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &a.ns.name,
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward"
+        ])
+        .trim(),
+        "1"
+    );
     // The masquerade table exists in the node's namespace (and not on the host running the test).
     assert!(a.ns.exec_ok(&["nft", "list", "table", "ip", "skiff-cni"]));
 

@@ -252,7 +252,9 @@ fn malformed_config_and_env_answer_spec_error_objects() {
         ("CNI_IFNAME", "eth0"),
         ("CNI_NETNS", "/var/run/netns/skiff-no-such-ns"),
     ];
-    let cases: Vec<(Vec<(&str, &str)>, &str, u64)> = vec![
+    // (environment, stdin, expected error code)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, u64);
+    let cases: Vec<Case> = vec![
         (base.to_vec(), good, 4), // no CNI_COMMAND
         ([&base[..], &[("CNI_COMMAND", "ADD")]].concat(), "{nope", 6), // undecodable
         (
