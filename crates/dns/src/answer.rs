@@ -85,7 +85,7 @@ pub fn answer(snapshot: &Snapshot, request: &Message) -> Answer {
             return done(resp, ResponseCode::ServFail);
         }
         resp.metadata.authoritative = true;
-        return zone_answer(snapshot, resp, qname, qtype);
+        return zone_answer(snapshot, resp, qname, lower, qtype);
     }
     if query.query_class() == DNSClass::IN && qtype == RecordType::PTR {
         if let Some(ip) = reverse_ip(&lower) {
@@ -148,11 +148,12 @@ enum Lookup {
     NxDomain,
 }
 
-fn zone_answer(snapshot: &Snapshot, mut resp: Message, qname: &Name, qtype: RecordType) -> Answer {
+fn zone_answer(snapshot: &Snapshot, mut resp: Message, qname: &Name, qlower: Name, qtype: RecordType) -> Answer {
     let mut name = qname.clone();
+    let mut lower = qlower;
     let mut seen: Vec<Name> = Vec::new();
     loop {
-        match lookup(snapshot, &name, qtype) {
+        match lookup(snapshot, &name, &lower, qtype) {
             Lookup::Found {
                 answers,
                 additionals,
@@ -191,8 +192,9 @@ fn zone_answer(snapshot: &Snapshot, mut resp: Message, qname: &Name, qtype: Reco
                     // A CNAME loop inside the zone: stop with what we have, as a resolver would.
                     break;
                 }
-                seen.push(target_lower);
+                seen.push(target_lower.clone());
                 name = target;
+                lower = target_lower;
             }
         }
     }
@@ -270,8 +272,8 @@ fn label_str(l: &[u8]) -> Option<&str> {
     std::str::from_utf8(l).ok()
 }
 
-fn lookup(snapshot: &Snapshot, name: &Name, qtype: RecordType) -> Lookup {
-    let lower = name.to_lowercase();
+/// `name` as asked (owner of answers), `lower` the same lower-cased (what is matched).
+fn lookup(snapshot: &Snapshot, name: &Name, lower: &Name, qtype: RecordType) -> Lookup {
     let n = lower.num_labels() as usize;
     let rel_len = n - snapshot.zone_labels.len().min(n);
     // Labels below the zone, rightmost first ("svc", "<ns>", "<svc>", ...).

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::Message;
@@ -58,6 +58,8 @@ pub struct Forwarder {
     /// Loop probes (as CoreDNS's `loop` plugin): unique names sent to each upstream at start; seeing one arrive
     /// at our own listener means that upstream forwards back to us.
     probes: Mutex<HashMap<Name, usize>>,
+    /// Entries in `inflight` + `probes`: lets the hot path skip both locks when nothing is being forwarded.
+    pending: AtomicUsize,
     timeout: Duration,
 }
 
@@ -98,6 +100,7 @@ impl Forwarder {
             upstreams,
             inflight: Mutex::new(HashMap::new()),
             probes: Mutex::new(HashMap::new()),
+            pending: AtomicUsize::new(0),
             timeout,
         }
     }
@@ -140,6 +143,7 @@ impl Forwarder {
             let Ok(name) = Name::from_ascii(&name) else {
                 continue;
             };
+            self.pending.fetch_add(1, Ordering::AcqRel);
             self.probes.lock().insert(name.clone(), i);
             let q = crate::answer::query_message(rand::random(), name, RecordType::HINFO);
             probes.push((i, up.addr, q));
@@ -151,6 +155,15 @@ impl Forwarder {
         )
         .await;
         drop(results);
+        let mut table = self.probes.lock();
+        for (_, _, q) in &probes {
+            if let Some(q) = q.queries.first() {
+                if table.remove(q.name()).is_some() {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+        drop(table);
         self.upstreams
             .iter()
             .filter(|u| u.looping.load(Ordering::Relaxed))
@@ -189,11 +202,17 @@ impl Forwarder {
             .first()
             .map(|q| (id, q.name().to_lowercase(), q.query_type()));
         if let Some(k) = &key {
-            self.inflight.lock().insert(k.clone(), index);
+            self.pending.fetch_add(1, Ordering::AcqRel);
+            if self.inflight.lock().insert(k.clone(), index).is_some() {
+                // Same id/name/type already in flight (a 1-in-65536 collision): one entry, one count.
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         let result = tokio::time::timeout(self.timeout, self.exchange_inner(addr, &out)).await;
         if let Some(k) = &key {
-            self.inflight.lock().remove(k);
+            if self.inflight.lock().remove(k).is_some() {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         let mut reply = match result {
             Ok(r) => r?,

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Cluster DNS benchmark (BENCHMARKS.md "Cluster DNS"):
+#  1. skiff dns (release) serving 10,000 services / 100,000 endpoints, pinned to CPU 0: memory, incremental
+#     publish cost, and queries/s measured by dnsperf (pinned to CPU 1) over loopback;
+#  2. nsd (Debian's C authoritative server), one server process pinned to CPU 0, serving the same records from
+#     a zone file, measured with the same dnsperf query file.
+# Usage: bench/dns.sh [seconds-per-run]   (needs: dnsperf, nsd, taskset; run from the workspace root)
+set -euo pipefail
+SECS=${1:-10}
+SERVICES=${SERVICES:-10000}
+ENDPOINTS=${ENDPOINTS:-10}
+SKIFF_PORT=${SKIFF_PORT:-15353}
+NSD_PORT=${NSD_PORT:-15354}
+DIR=$(mktemp -d /tmp/skiff-dns-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p skiff-dns --features bench --bin dns_bench_server >/dev/null
+BIN=target/release/dns_bench_server
+
+taskset -c 0 "$BIN" "127.0.0.1:$SKIFF_PORT" "$SERVICES" "$ENDPOINTS" "$DIR/cluster.local.zone" "$DIR/queries" \
+  >"$DIR/skiff.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 600); do grep -q "serving on" "$DIR/skiff.log" 2>/dev/null && break; sleep 0.1; done
+echo "== skiff dns: $SERVICES services x $ENDPOINTS endpoints"
+cat "$DIR/skiff.log"
+echo "query mix: $(wc -l <"$DIR/queries") queries (50% ClusterIP A, 10% AAAA NODATA, 10% SRV, 10% headless A, 20% search-path NXDOMAIN)"
+dig @127.0.0.1 -p "$SKIFF_PORT" +short svc-1.ns-1.svc.cluster.local
+
+run_perf() {
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$1" -d "$DIR/queries" -l "$SECS" -c 20 -q 200 -T 1 2>&1 |
+    grep -E "Queries sent|Queries completed|Queries lost|Response codes|Queries per second|Average Latency"
+}
+echo "== dnsperf -> skiff dns (1 core)"
+run_perf "$SKIFF_PORT"
+echo "skiff dns RSS after the run: $(grep VmRSS /proc/"${PIDS[0]}"/status)"
+
+cat >"$DIR/nsd.conf" <<CONF
+server:
+  ip-address: 127.0.0.1@$NSD_PORT
+  server-count: 1
+  username: ""
+  chroot: ""
+  zonesdir: "$DIR"
+  database: ""
+  pidfile: "$DIR/nsd.pid"
+  zonelistfile: "$DIR/zone.list"
+  xfrdir: "$DIR"
+  xfrdfile: "$DIR/xfrd.state"
+  logfile: "$DIR/nsd.log"
+  do-ip6: no
+  verbosity: 0
+remote-control:
+  control-enable: no
+zone:
+  name: cluster.local
+  zonefile: "$DIR/cluster.local.zone"
+CONF
+taskset -c 0 nsd -d -c "$DIR/nsd.conf" &
+PIDS+=($!)
+for _ in $(seq 1 300); do dig @127.0.0.1 -p "$NSD_PORT" +short +time=1 +tries=1 svc-1.ns-1.svc.cluster.local >/dev/null 2>&1 && break; sleep 0.1; done
+echo "== nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}') serving the same records"
+dig @127.0.0.1 -p "$NSD_PORT" +short svc-1.ns-1.svc.cluster.local
+echo "== dnsperf -> nsd (1 server process, 1 core)"
+run_perf "$NSD_PORT"
