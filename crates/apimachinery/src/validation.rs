@@ -14,7 +14,7 @@ pub fn validate(gk: GroupKind<'_>, obj: &Value, old: Option<&Value>) -> Vec<Caus
     let mut e = Errs::default();
     let name_check: fn(&str) -> Vec<String> = match (gk.group, gk.kind) {
         ("", "Service") => names::is_dns1035_label,
-        ("", "Namespace") => names::is_dns1123_label,
+        ("", "Namespace") | ("apps", "StatefulSet") => names::is_dns1123_label,
         _ => names::is_dns1123_subdomain,
     };
     object_meta(
@@ -44,9 +44,24 @@ pub fn validate(gk: GroupKind<'_>, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 if ns != os {
                     e.invalid("spec.selector", go_label_selector(ns), "field is immutable");
                 }
+                if gk.kind == "StatefulSet" {
+                    statefulset_update(&mut e, spec, old.get("spec").unwrap_or(&Value::Null));
+                }
             }
         }
         ("", "ConfigMap" | "Secret") => {
+            if let Some(old) =
+                old.filter(|o| o.get("immutable").and_then(Value::as_bool) == Some(true))
+            {
+                if obj.get("immutable").and_then(Value::as_bool) != Some(true) {
+                    e.forbidden("immutable", "field is immutable when `immutable` is set");
+                }
+                for field in ["data", "binaryData"] {
+                    if obj.get(field) != old.get(field) {
+                        e.forbidden(field, "field is immutable when `immutable` is set");
+                    }
+                }
+            }
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj.get(field).and_then(Value::as_object) {
                     for k in m.keys() {
@@ -824,6 +839,33 @@ fn workload(e: &mut Errs, kind: &str, spec: &Value) {
     }
 }
 
+/// StatefulSet updates may only change replicas, ordinals, template, updateStrategy,
+/// persistentVolumeClaimRetentionPolicy and minReadySeconds (upstream's `ValidateStatefulSetUpdate`).
+fn statefulset_update(e: &mut Errs, spec: &Value, old: &Value) {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            for k in [
+                "replicas",
+                "ordinals",
+                "template",
+                "updateStrategy",
+                "persistentVolumeClaimRetentionPolicy",
+                "minReadySeconds",
+            ] {
+                m.shift_remove(k);
+            }
+        }
+        v
+    };
+    if strip(spec) != strip(old) {
+        e.forbidden(
+            "spec",
+            "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        );
+    }
+}
+
 fn config_key(e: &mut Errs, key: &str, path: &str) {
     let ok = !key.is_empty()
         && key
@@ -1299,6 +1341,27 @@ mod tests {
         assert_eq!(
             lines(&validate(cm_gk, &cm, None)),
             vec!["data[bad key]: Invalid value: \"bad key\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"]
+        );
+        let immutable = json!({"metadata": {"name": "cm"}, "immutable": true, "data": {"a": "1"}});
+        let changed = json!({"metadata": {"name": "cm"}, "immutable": true, "data": {"a": "2"}});
+        assert_eq!(
+            lines(&validate(cm_gk, &changed, Some(&immutable))),
+            vec!["data: Forbidden: field is immutable when `immutable` is set"]
+        );
+        let sts_gk = GroupKind {
+            group: "apps",
+            kind: "StatefulSet",
+        };
+        let sts = json!({"metadata": {"name": "web"}, "spec": {"serviceName": "web", "replicas": 1, "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always"}],
+            "restartPolicy": "Always", "dnsPolicy": "ClusterFirst"}}}});
+        let mut sts2 = sts.clone();
+        sts2["spec"]["replicas"] = json!(3);
+        assert!(validate(sts_gk, &sts2, Some(&sts)).is_empty());
+        sts2["spec"]["serviceName"] = json!("other");
+        assert_eq!(
+            lines(&validate(sts_gk, &sts2, Some(&sts))),
+            vec!["spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"]
         );
         let np_gk = GroupKind {
             group: "networking.k8s.io",
