@@ -319,7 +319,9 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
     if opts.demo {
         progress.step("deploying the seed-004 demo");
         apply_demo(&client, &handle, &layout).await?;
-        progress.done("demo deployed");
+        // Return when the user's first `curl` gets an answer: the demo's pods Ready (so they are endpoints).
+        wait_pods_ready(&client, "default", "app=demoapp", 2, start + timeout).await?;
+        progress.done("demo deployed: 2 demoapp pods Ready");
     }
 
     let elapsed = start.elapsed();
@@ -532,13 +534,30 @@ fn pod_ready(pod: &Pod) -> bool {
 }
 
 async fn wait_dns(client: &kube::Client, replicas: i32, deadline: Instant) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
-    let lp = ListParams::default().labels("k8s-app=kube-dns");
+    wait_pods_ready(
+        client,
+        "kube-system",
+        "k8s-app=kube-dns",
+        replicas,
+        deadline,
+    )
+    .await
+}
+
+async fn wait_pods_ready(
+    client: &kube::Client,
+    namespace: &str,
+    selector: &str,
+    replicas: i32,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let lp = ListParams::default().labels(selector);
     loop {
         let pods = api
             .list(&lp)
             .await
-            .map_err(kube_err("listing kube-system pods"))?;
+            .map_err(kube_err(format!("listing {namespace} pods")))?;
         let ready = pods.items.iter().filter(|p| pod_ready(p)).count();
         if ready >= replicas as usize {
             return Ok(());
@@ -559,7 +578,7 @@ async fn wait_dns(client: &kube::Client, replicas: i32, deadline: Instant) -> Re
                 })
                 .collect();
             return Err(Error::Timeout(format!(
-                "cluster DNS: {ready}/{replicas} pods ready [{}]",
+                "{namespace} pods {selector}: {ready}/{replicas} ready [{}]",
                 phases.join(", ")
             )));
         }

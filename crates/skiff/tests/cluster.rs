@@ -19,6 +19,8 @@ pub struct TestCluster {
     pub nodes: u32,
     pub octet: u8,
     pub api_port: u16,
+    /// The demo manifests pin ClusterIPs in 10.97.0.0/16; other tests use a range of their own.
+    pub service_cidr: Option<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -58,6 +60,7 @@ impl TestCluster {
             // with high probability, from concurrently running tests'.
             octet: (u % 250) as u8 + 1,
             api_port: free_port(),
+            service_cidr: None,
             _tmp: tmp,
         }
     }
@@ -69,7 +72,9 @@ impl TestCluster {
         format!("10.{}.0.0/16", 200 + self.octet % 50)
     }
     pub fn service_cidr(&self) -> String {
-        format!("10.{}.0.0/16", 150 + self.octet % 50)
+        self.service_cidr
+            .clone()
+            .unwrap_or_else(|| format!("10.{}.0.0/16", 150 + self.octet % 50))
     }
     pub fn node_ip(&self, i: u32) -> String {
         format!("172.31.{}.{}", self.octet, 1 + i)
@@ -353,6 +358,93 @@ fn down_and_up_clean_up_after_a_crash() {
         String::from_utf8_lossy(&nodes.stdout).contains(" Ready "),
         "{}",
         text(&nodes)
+    );
+
+    let out = c.down();
+    assert!(out.status.success(), "skiff down failed: {}", text(&out));
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
+
+fn curl(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3", url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `ServerName: <pod>` from a demoapp answer.
+fn server_name(answer: &str) -> Option<String> {
+    let rest = answer.split("ServerName: ").nth(1)?;
+    Some(rest.split(',').next()?.to_string())
+}
+
+/// The seed-004 tutorial, as its reader does it from the master node: `skiff up --demo`, then curl the
+/// ClusterIP (answers from both pods), the NodePort on a node IP, the LoadBalancer address and the external IP.
+#[test]
+fn seed_004_demo_answers_on_every_service_type_from_the_host() {
+    let mut c = TestCluster::new(3);
+    c.service_cidr = Some("10.97.0.0/16".to_string());
+    let out = c.up(&["--demo"]);
+    assert!(
+        out.status.success(),
+        "skiff up --demo failed: {}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("curl 10.97.72.1"), "{stdout}");
+
+    let pods = c.kubectl(&["get", "pods", "-l", "app=demoapp", "--no-headers"]);
+    let pod_names: BTreeSet<String> = String::from_utf8_lossy(&pods.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(pod_names.len(), 2, "{}", text(&pods));
+
+    // ClusterIP: every answer comes from one of the demo pods, and both pods answer.
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        let answer = curl("http://10.97.72.1/");
+        assert!(
+            answer.starts_with("iKubernetes demoapp v1.0 !! ClientIP: "),
+            "{answer:?}"
+        );
+        seen.insert(server_name(&answer).unwrap_or_default());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, pod_names);
+
+    let node2 = c.node_ip(2);
+    let answer = curl(&format!("http://{node2}:31399/"));
+    assert!(
+        pod_names.contains(&server_name(&answer).unwrap_or_default()),
+        "NodePort: {answer:?}"
+    );
+
+    let lb = c.kubectl(&[
+        "get",
+        "svc",
+        "demoapp-loadbalancer-svc",
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[0].ip}",
+    ]);
+    let lb_ip = String::from_utf8_lossy(&lb.stdout).to_string();
+    assert!(
+        lb_ip.starts_with(&format!("172.31.{}.2", c.octet)),
+        "LoadBalancer ingress {lb_ip:?}"
+    );
+    let answer = curl(&format!("http://{lb_ip}/"));
+    assert!(
+        pod_names.contains(&server_name(&answer).unwrap_or_default()),
+        "LoadBalancer: {answer:?}"
+    );
+
+    let answer = curl("http://172.30.0.100/");
+    assert!(
+        pod_names.contains(&server_name(&answer).unwrap_or_default()),
+        "externalIPs: {answer:?}"
     );
 
     let out = c.down();
