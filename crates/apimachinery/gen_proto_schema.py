@@ -1,3 +1,7 @@
+#!/usr/bin/env python3
+"""Regenerates src/proto_schema.rs: python3 gen_proto_schema.py src/proto_schema.rs
+Reads the k8s-pb 0.9 message definitions (field numbers, wire types) and k8s-openapi 0.29 (exact JSON names)
+from the local cargo registry; emits the transitive closure of the kinds kubectl's generators send."""
 import re, os, glob, sys
 PB = glob.glob(os.path.expanduser('~/.cargo/registry/src/*/k8s-pb-0.9.0/src'))[0]
 OA = glob.glob(os.path.expanduser('~/.cargo/registry/src/*/k8s-openapi-0.29.0/src/v1_33'))[0]

@@ -2,6 +2,15 @@
 //! Objects are `serde_json::Value` in their JSON wire form (apiVersion, kind, metadata, spec, status).
 //!
 //! Owned by the apimachinery work; the signatures below are the contract `skiff-api` calls.
+//!
+//! Order of use in a write path, as upstream's registry does it:
+//! decode ([`proto::decode`] for protobuf bodies) → [`validation::decode_error`] / [`validation::unknown_fields`]
+//! (fieldValidation) → on update [`defaults::prepare_for_update`] (keeps allocated Service values) →
+//! [`defaults::apply_defaults`] → [`validation::validate`] → [`apply::record_update`] (or
+//! [`apply::server_side_apply`] for apply patches, whose conflicts [`apply::conflict_message`] words as upstream).
+//! Reads: [`selector::LabelSelector`] / [`selector::FieldSelector`] (with
+//! [`selector::FieldSelector::check_supported`] for upstream's `field label not supported` errors), and
+//! [`table::columns`] / [`table::cells`] for `as=Table`.
 
 pub mod apply;
 pub mod defaults;
