@@ -7,7 +7,8 @@ pub const CONFLIST_FILE: &str = "10-skiff.conflist";
 /// `mtu` is 1450 under the VXLAN overlay (1500 minus the 50 bytes of VXLAN encapsulation), else 1500.
 pub fn skiff_conflist(network_name: &str, pod_cidr: ipnet::Ipv4Net, mtu: u32) -> String {
     let value = serde_json::json!({
-        "cniVersion": crate::types::CNI_VERSION,
+        // 1.1.0: the runtime's GC reaches the plugin (CNI_COMMAND=GC) to release addresses a crash leaked.
+        "cniVersion": "1.1.0",
         "name": network_name,
         "plugins": [{
             "type": crate::plugin::PLUGIN_TYPE,
@@ -28,7 +29,7 @@ mod tests {
         assert_eq!(
             super::skiff_conflist("skiff", "10.244.1.0/24".parse().unwrap(), 1450),
             r#"{
-  "cniVersion": "1.0.0",
+  "cniVersion": "1.1.0",
   "name": "skiff",
   "plugins": [
     {

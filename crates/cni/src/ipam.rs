@@ -270,14 +270,18 @@ impl Store {
     }
 
     /// Release every allocation whose (container id, ifname) is not in `valid` (the CNI 1.1 GC command).
-    pub fn gc(&self, valid: &BTreeSet<(String, String)>) -> Result<Vec<Ipv4Addr>, IpamError> {
+    /// Returns what was released: (address, container id, ifname).
+    pub fn gc(
+        &self,
+        valid: &BTreeSet<(String, String)>,
+    ) -> Result<Vec<(Ipv4Addr, String, String)>, IpamError> {
         let _lock = self.lock()?;
         let mut released = Vec::new();
         for (ip, id, ifname) in self.allocations()? {
-            if !valid.contains(&(id, ifname)) {
+            if !valid.contains(&(id.clone(), ifname.clone())) {
                 let path = self.dir.join(ip.to_string());
                 fs::remove_file(&path).map_err(io_err(&path))?;
-                released.push(ip);
+                released.push((ip, id, ifname));
             }
         }
         Ok(released)

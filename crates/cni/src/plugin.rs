@@ -739,7 +739,11 @@ fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    store(conf).gc(&valid).map_err(ipam_err)?;
+    for (ip, id, ifname) in store(conf).gc(&valid).map_err(ipam_err)? {
+        // A crash after wiring but before the runtime cached the result leaves the host end too.
+        tracing::info!(%ip, container = %id, "GC released a stale attachment");
+        delete_host_veth(&host_veth_name(&id, &ifname)).map_err(nl_err("deleting stale veth"))?;
+    }
     Ok(())
 }
 

@@ -497,6 +497,65 @@ impl CniRuntime {
     }
 }
 
+impl CniRuntime {
+    /// Garbage-collect: DEL every cached attachment of the current network that is not in `valid`
+    /// ((container id, ifname) pairs the caller still runs), then, for configurations of version 1.1.0 or
+    /// later, run the plugins' GC command with `cni.dev/valid-attachments` so they release what a crash left
+    /// without a cache entry. Returns the attachments that were deleted.
+    pub async fn gc(&self, valid: &[(String, String)]) -> Result<Vec<(String, String)>, Error> {
+        let list = self.load().await?;
+        let keep: std::collections::BTreeSet<&(String, String)> = valid.iter().collect();
+        let mut deleted = Vec::new();
+        let dir = self.cache_dir.join("results");
+        if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let Ok(bytes) = tokio::fs::read(entry.path()).await else {
+                    continue;
+                };
+                let Ok(cached) = serde_json::from_slice::<CacheEntry>(&bytes) else {
+                    continue;
+                };
+                let key = (cached.container_id.clone(), cached.if_name.clone());
+                if cached.network_name != list.name || keep.contains(&key) {
+                    continue;
+                }
+                let netns = Some(PathBuf::from(&cached.netns)).filter(|p| p.exists());
+                self.del(
+                    &cached.container_id,
+                    netns.as_deref(),
+                    &cached.if_name,
+                    &cached.pod,
+                )
+                .await?;
+                deleted.push(key);
+            }
+        }
+        if version_at_least(&list.cni_version, (1, 1, 0)) {
+            let attachments: Vec<Value> = valid
+                .iter()
+                .map(|(id, ifname)| serde_json::json!({ "containerID": id, "ifname": ifname }))
+                .collect();
+            for i in 0..list.plugins.len() {
+                let mut conf = list.plugin_config(i, None);
+                conf["cni.dev/valid-attachments"] = Value::Array(attachments.clone());
+                self.exec("GC", &conf, "", "", "", &PodRef::default())
+                    .await?;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+fn version_at_least(version: &str, want: (u32, u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let v = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    v >= want
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +577,14 @@ mod tests {
             list.plugin_config(0, None).to_string(),
             r#"{"type":"bridge","bridge":"cni0","name":"net","cniVersion":"1.0.0"}"#
         );
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_at_least("1.1.0", (1, 1, 0)));
+        assert!(version_at_least("1.10.0", (1, 1, 0)));
+        assert!(!version_at_least("1.0.0", (1, 1, 0)));
+        assert!(!version_at_least("0.4.0", (1, 1, 0)));
     }
 
     #[test]

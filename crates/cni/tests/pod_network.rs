@@ -433,3 +433,35 @@ fn skiff_cni_delegates_to_the_reference_host_local_ipam() {
     assert!(!s.dir.path().join("ipam/delegated/10.128.0.2").exists());
     assert!(!s.dir.path().join("ipam/delegated/10.128.0.3").exists());
 }
+
+#[test]
+fn gc_deletes_attachments_no_longer_valid_and_releases_leaked_addresses() {
+    let node = Netns::new("skcn");
+    let (pa, pb) = (Netns::new("skcp"), Netns::new("skcp"));
+    let s = setup(&skiff_conflist_for_test("10.129.0.0/24"));
+    // An address leaked by a crash between IPAM and the cache: an allocation file nobody knows about.
+    let leaked = s.dir.path().join("ipam/skifftest/10.129.0.200");
+    std::fs::create_dir_all(leaked.parent().unwrap()).unwrap();
+    std::fs::write(&leaked, "crashed-ctr\r\neth0").unwrap();
+    let rt = s.runtime.clone();
+    let (a_path, b_path) = (pa.path(), pb.path());
+    let deleted = node.block_on(move || async move {
+        rt.add("keep", &a_path, "eth0", &pod("a")).await.unwrap();
+        rt.add("stale", &b_path, "eth0", &pod("b")).await.unwrap();
+        rt.gc(&[("keep".to_string(), "eth0".to_string())])
+            .await
+            .unwrap()
+    });
+    assert_eq!(deleted, vec![("stale".to_string(), "eth0".to_string())]);
+    assert!(
+        !leaked.exists(),
+        "the plugin's GC released the leaked address"
+    );
+    assert!(
+        s.dir.path().join("ipam/skifftest/10.129.0.2").exists(),
+        "the valid attachment keeps its address"
+    );
+    assert!(!s.dir.path().join("ipam/skifftest/10.129.0.3").exists());
+    assert!(pb.ip(&["link"]).lines().all(|l| !l.contains("eth0")));
+    assert_eq!(addrs(&pa, "eth0"), vec!["10.129.0.2/32"]);
+}
