@@ -634,7 +634,8 @@ fn split_term(term: &str) -> Option<(String, &'static str, String)> {
             continue;
         }
         for op in ["!=", "==", "="] {
-            if term[i..].starts_with(op) {
+            // compare bytes: `i` may sit inside a multi-byte character, but an ASCII operator match never does
+            if b[i..].starts_with(op.as_bytes()) {
                 return Some((term[..i].to_string(), op, term[i + op.len()..].to_string()));
             }
         }
@@ -960,6 +961,12 @@ mod tests {
                 .to_string(),
             "invalid selector: 'metadata.name'; can't understand 'metadata.name'"
         );
+        // non-ASCII values do not trip the operator scan
+        assert_eq!(
+            FieldSelector::parse("metadata.name=ü\\,ß").unwrap().terms[0].value,
+            "ü,ß"
+        );
+        assert!(FieldSelector::parse("ü\\ü=x").is_ok());
         // escaped comma stays in the value
         let f = FieldSelector::parse("metadata.name=a\\,b").unwrap();
         assert_eq!(f.terms[0].value, "a,b");
