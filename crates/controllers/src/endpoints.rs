@@ -637,6 +637,8 @@ pub const ENDPOINTS_CONTROLLER: &str = "endpoint-controller";
 #[derive(Default)]
 pub struct State {
     written: Mutex<HashMap<Key, Option<Arc<EndpointSlice>>>>,
+    /// The same for Endpoints objects: the last one we wrote per Service.
+    written_endpoints: Mutex<HashMap<Key, Arc<Endpoints>>>,
     started: AtomicBool,
 }
 
@@ -870,7 +872,17 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<(), kube::Error> {
     let mirrored = ctx
         .endpoints
         .existing(ctx, namespace, name, MIRRORING_CONTROLLER);
-    let current_ep = ctx.caches.endpoints.get(namespace, name);
+    let current_ep = {
+        let cached = ctx.caches.endpoints.get(namespace, name);
+        let mut written = ctx.endpoints.written_endpoints.lock();
+        match (cached, written.get(key).cloned()) {
+            (Some(c), Some(w)) if rv(&c.metadata) < rv(&w.metadata) => Some(w),
+            (c, _) => {
+                written.remove(key);
+                c
+            }
+        }
+    };
     let delete_all = |slices: &[Arc<EndpointSlice>]| SliceChanges {
         delete: slices
             .iter()
@@ -953,12 +965,31 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<(), kube::Error> {
         Some(cur) if endpoints_equal(&cur, &desired) => {}
         Some(cur) => {
             let mut next = (*cur).clone();
-            next.metadata.labels = desired.metadata.labels;
-            next.subsets = desired.subsets;
-            ep_api.replace(name, &pp, &next).await?;
+            next.metadata.labels = desired.metadata.labels.clone();
+            next.subsets = desired.subsets.clone();
+            let written = match ep_api.replace(name, &pp, &next).await {
+                Ok(w) => w,
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    // Someone else wrote it since: start from the live object once.
+                    let mut live = ep_api.get(name).await?;
+                    live.metadata.labels = desired.metadata.labels;
+                    live.subsets = desired.subsets;
+                    ep_api.replace(name, &pp, &live).await?
+                }
+                Err(e) => return Err(e),
+            };
+            ctx.endpoints
+                .written_endpoints
+                .lock()
+                .insert(key.clone(), Arc::new(written));
         }
         None => match ep_api.create(&pp, &desired).await {
-            Ok(_) => {}
+            Ok(w) => {
+                ctx.endpoints
+                    .written_endpoints
+                    .lock()
+                    .insert(key.clone(), Arc::new(w));
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Our own earlier write the cache has not shown yet (or a user's): compare live.
                 let live = ep_api.get(name).await?;
