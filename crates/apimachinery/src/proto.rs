@@ -755,6 +755,25 @@ mod tests {
     }
 
     #[test]
+    fn garbage_never_panics() {
+        // deterministic pseudo-random bodies behind a valid envelope: every outcome is Ok or Err, never a panic
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..400usize {
+            let raw: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            for kind in ["Deployment", "Pod", "Service", "Secret"] {
+                let _ = decode(&envelope("v1", kind, raw.clone()));
+            }
+        }
+    }
+
+    #[test]
     fn bad_bodies() {
         assert!(decode(b"{}")
             .unwrap_err()
