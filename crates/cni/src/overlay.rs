@@ -320,7 +320,7 @@ pub async fn sync(handle: &Handle, state: &OverlayState) -> Result<(), NlError> 
         .collect();
     let have = nl::routes_v4(handle).await?;
     for (route, msg) in &have {
-        if route.protocol == ROUTE_PROTO && !want.contains(route) {
+        if route.protocol == ROUTE_PROTO && !want.iter().any(|w| route_matches(w, route)) {
             tracing::debug!(?route, "removing stale overlay route");
             match handle.route().del(msg.clone()).execute().await {
                 Ok(()) => {}
@@ -329,13 +329,23 @@ pub async fn sync(handle: &Handle, state: &OverlayState) -> Result<(), NlError> 
             }
         }
     }
-    let present: BTreeSet<&V4Route> = have.iter().map(|(r, _)| r).collect();
     for route in &want {
-        if !present.contains(route) {
+        if !have.iter().any(|(h, _)| route_matches(route, h)) {
             nl::replace_route(handle, route).await?;
         }
     }
     Ok(())
+}
+
+/// Whether the kernel's route `have` is the wanted one. The kernel fills in the output interface of a
+/// gateway route, so a wanted route without one matches any; comparing whole structs would delete and re-add
+/// every host-gw route on each sync.
+fn route_matches(want: &V4Route, have: &V4Route) -> bool {
+    want.dst == have.dst
+        && want.gateway == have.gateway
+        && want.onlink == have.onlink
+        && want.protocol == have.protocol
+        && (want.oif.is_none() || want.oif == have.oif)
 }
 
 async fn sync_neighbours(handle: &Handle, index: u32, state: &OverlayState) -> Result<(), NlError> {
@@ -791,6 +801,36 @@ mod tests {
         // Order of the peer list does not matter.
         let reversed: Vec<Peer> = peers.into_iter().rev().collect();
         assert_eq!(desired(&local(), &reversed, Mode::HostGw), state);
+    }
+
+    #[test]
+    fn kernel_filled_output_interface_still_matches() {
+        let want = route_of(
+            &OverlayRoute {
+                dst: "10.244.2.0/24".parse().unwrap(),
+                via: Ipv4Addr::new(172, 30, 0, 4),
+                vxlan: false,
+            },
+            None,
+        )
+        .unwrap();
+        let mut have = want.clone();
+        have.oif = Some(2);
+        assert!(route_matches(&want, &have));
+        have.gateway = Some(Ipv4Addr::new(172, 30, 0, 5));
+        assert!(!route_matches(&want, &have));
+        let vx = route_of(
+            &OverlayRoute {
+                dst: "10.244.2.0/24".parse().unwrap(),
+                via: "10.244.2.0".parse().unwrap(),
+                vxlan: true,
+            },
+            Some(7),
+        )
+        .unwrap();
+        let mut other_dev = vx.clone();
+        other_dev.oif = Some(8);
+        assert!(!route_matches(&vx, &other_dev));
     }
 
     #[test]

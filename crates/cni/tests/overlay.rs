@@ -222,6 +222,18 @@ fn host_gw_routes_connect_pods_and_replace_vxlan_routes() {
     assert_eq!(peer.ip(), a.pod_ip);
     let (peer, _) = tcp_probe(&a.pod, a.pod_ip, &b.pod);
     assert_eq!(peer.ip(), b.pod_ip);
+    // A sync with nothing changed touches no route (no delete + re-add blips).
+    let mut monitor = std::process::Command::new("ip")
+        .args(["-n", &a.ns.name, "monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    sync(&a, peers.clone(), Mode::HostGw);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    monitor.kill().unwrap();
+    let out = monitor.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     // Removing the peer removes the route.
     sync(&a, vec![], Mode::HostGw);
     assert_eq!(
