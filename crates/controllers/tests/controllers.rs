@@ -243,14 +243,12 @@ async fn deployment_scale_and_endpoints_follow_readiness_and_deletion() {
     .await
     .unwrap();
     let deploys: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
-    deploys
-        .patch(
-            "demoapp",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 5}})),
-        )
-        .await
-        .unwrap();
+    patch_retrying(
+        &deploys,
+        "demoapp",
+        Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await;
     eventually("5 ready endpoints", WAIT, || async {
         let got = endpoints_addresses(&c.client, "demoapp").await;
         if got.0.len() == 5 && got.1.is_empty() {
@@ -262,14 +260,12 @@ async fn deployment_scale_and_endpoints_follow_readiness_and_deletion() {
     .await;
 
     // Scale down: deleted pods leave the endpoints; status follows.
-    deploys
-        .patch(
-            "demoapp",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 2}})),
-        )
-        .await
-        .unwrap();
+    patch_retrying(
+        &deploys,
+        "demoapp",
+        Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await;
     eventually("2 endpoints", WAIT, || async {
         let got = endpoints_addresses(&c.client, "demoapp").await;
         let pods = pods_of(&c.client, "demoapp").await;
@@ -487,13 +483,12 @@ async fn load_balancer_addresses_assigned_pending_and_released() {
     );
     assert_eq!(lb_ip(&api.get("c").await.unwrap()), None);
     // Releasing a's address (type change) lets c have it.
-    api.patch(
+    patch_retrying(
+        &api,
         "a",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"type": "NodePort"}})),
+        Patch::Merge(json!({"spec": {"type": "NodePort"}})),
     )
-    .await
-    .unwrap();
+    .await;
     eventually("a released and c assigned", WAIT, || async {
         let a = api.get("a").await.map_err(|e| e.to_string())?;
         let cs = api.get("c").await.map_err(|e| e.to_string())?;
@@ -714,10 +709,7 @@ async fn rolling_update_never_drops_below_min_available() {
             })
             .count()
     };
-    deploys
-        .patch("roll", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "roll", "image": "ikubernetes/demoapp:v1.1"}]}}}})))
-        .await
-        .unwrap();
+    patch_retrying(&deploys, "roll", Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "roll", "image": "ikubernetes/demoapp:v1.1"}]}}}}))).await;
     let start = std::time::Instant::now();
     let mut min_ready = usize::MAX;
     loop {
@@ -787,14 +779,12 @@ async fn unschedulable_pod_gets_condition_and_event() {
     .await;
     // Labelling the node makes it fit.
     let nodes: Api<Node> = Api::all(c.client.clone());
-    nodes
-        .patch(
-            "node-1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"disk": "ssd"}}})),
-        )
-        .await
-        .unwrap();
+    patch_retrying(
+        &nodes,
+        "node-1",
+        Patch::Merge(json!({"metadata": {"labels": {"disk": "ssd"}}})),
+    )
+    .await;
     eventually("bound", WAIT, || async {
         let p = pods.get("picky").await.map_err(|e| e.to_string())?;
         match p.spec.and_then(|s| s.node_name) {

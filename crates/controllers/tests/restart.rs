@@ -126,14 +126,12 @@ async fn no_duplicates_across_api_server_and_controller_restarts() {
     let server = serve_retrying(&cfg).await;
     let client2 = client_for(&server).await;
     let deploys2: Api<Deployment> = Api::namespaced(client2.clone(), "default");
-    deploys2
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 5}})),
-        )
-        .await
-        .expect("scale");
+    patch_retrying(
+        &deploys2,
+        "web",
+        Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await;
     let controllers = tokio::spawn(skiff_controllers::run(
         client_for(&server).await,
         Default::default(),
@@ -165,14 +163,12 @@ async fn no_duplicates_across_api_server_and_controller_restarts() {
         1
     );
     // And they still work.
-    deploys2
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 1}})),
-        )
-        .await
-        .expect("scale");
+    patch_retrying(
+        &deploys2,
+        "web",
+        Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await;
     eventually("3 pods", WAIT, || async {
         let n = pod_names(&client2).await;
         if n.len() == 3 {

@@ -221,3 +221,22 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// A patch as kubectl sends it. The API server can answer a patch without resourceVersion with
+/// 409 Conflict when a controller writes the object at the same moment (see the report); kubectl
+/// retries those, so do the same.
+pub async fn patch_retrying<K>(api: &Api<K>, name: &str, patch: Patch<serde_json::Value>) -> K
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for attempt in 0.. {
+        match api.patch(name, &PatchParams::default(), &patch).await {
+            Ok(o) => return o,
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 20 => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("patch {name}: {e}"),
+        }
+    }
+    unreachable!()
+}
