@@ -122,8 +122,31 @@ fn vxlan_overlay_connects_pods_on_two_nodes_with_source_ip_preserved() {
     let peers = vec![pa.clone(), pb.clone()];
     sync(&a, peers.clone(), Mode::Vxlan);
     sync(&b, peers.clone(), Mode::Vxlan);
-    // Twice: idempotent.
-    sync(&a, peers.clone(), Mode::Vxlan);
+    // Twice: idempotent, and nothing on the device is touched (no delete + re-add blips).
+    let monitor = |ns: &Netns, f: &dyn Fn()| -> String {
+        let mut ip = std::process::Command::new("ip")
+            .args(["-n", &ns.name, "monitor", "route", "neigh"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut bridge = std::process::Command::new("bridge")
+            .args(["-n", &ns.name, "monitor", "fdb"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        f();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        ip.kill().unwrap();
+        bridge.kill().unwrap();
+        let mut out = String::from_utf8_lossy(&ip.wait_with_output().unwrap().stdout).into_owned();
+        out += &String::from_utf8_lossy(&bridge.wait_with_output().unwrap().stdout);
+        out.lines()
+            .filter(|l| l.contains(overlay::VXLAN_DEVICE))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(monitor(&a.ns, &|| sync(&a, peers.clone(), Mode::Vxlan)), "");
 
     let dev = a.ns.ip(&["-d", "link", "show", overlay::VXLAN_DEVICE]);
     assert!(dev.contains("vxlan id 1 local 192.168.77.1"), "{dev}");
@@ -175,7 +198,14 @@ fn vxlan_overlay_connects_pods_on_two_nodes_with_source_ip_preserved() {
     assert_eq!(a.ns.ip(&["-o", "link"]).matches("skiff.vxlan").count(), 1);
 
     // Node b leaves: a's route, neighbour and FDB entry for it go away.
-    sync(&a, vec![pa.clone()], Mode::Vxlan);
+    let events = monitor(&a.ns, &|| sync(&a, vec![pa.clone()], Mode::Vxlan));
+    for deleted in [
+        "Deleted 10.200.2.0/24 via 10.200.2.0 dev skiff.vxlan",
+        "Deleted 10.200.2.0 dev skiff.vxlan",
+        "Deleted 192.168.77.2 dev skiff.vxlan",
+    ] {
+        assert!(events.contains(deleted), "{deleted} missing in {events}");
+    }
     assert_eq!(
         a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"]).trim(),
         ""
