@@ -3,6 +3,7 @@
 //! the host gets routes to pod CIDRs and the service CIDR so that a user reaches pods and Services as on
 //! the seeds' master node. See ARCHITECTURE.md "Embedded cluster layout".
 
+pub mod kubeconfig;
 pub mod layout;
 pub mod net;
 pub mod procs;
@@ -51,6 +52,8 @@ pub enum Error {
     Client(#[from] skiff_runtime::Error),
     #[error("timed out (--timeout): {0}")]
     Timeout(String),
+    #[error("cluster {name:?} is already running (API server pid {pid}); `skiff down --name {name}` first")]
+    AlreadyRunning { name: String, pid: u32 },
     #[error("{0}")]
     Other(String),
 }
@@ -102,6 +105,10 @@ pub struct Options {
     /// How long to wait for the cluster to become ready, in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Also add the cluster as context `skiff-<name>` to ~/.kube/config and make it current
+    /// (`skiff down` removes it).
+    #[arg(long)]
+    pub update_kubeconfig: bool,
     /// The skiff executable to start servers and agents from [default: this executable].
     #[arg(long, hide = true)]
     pub skiff_binary: Option<PathBuf>,
@@ -171,6 +178,15 @@ fn write(p: &Path, data: impl AsRef<[u8]>) -> Result<(), Error> {
 /// `--foreground` it then waits for Ctrl-C and tears the cluster down.
 pub async fn up(opts: &Options) -> Result<Cluster, Error> {
     let layout = opts.layout()?;
+    // A running cluster of that name is not a leftover: refuse rather than tear it down.
+    if let Ok(existing) = find_layout(&layout.name, opts.data_dir.as_deref()) {
+        if let Some(pid) = procs::read_live_pid(&existing.server_pid_file()) {
+            return Err(Error::AlreadyRunning {
+                name: layout.name.clone(),
+                pid,
+            });
+        }
+    }
     match up_layout(opts, &layout).await {
         Ok(c) => Ok(c),
         Err(e) => {
@@ -324,6 +340,15 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
         progress.done("demo deployed: 2 demoapp pods Ready");
     }
 
+    if opts.update_kubeconfig {
+        let path = update_user_kubeconfig(&layout)?;
+        progress.done(&format!(
+            "context {} added to {}",
+            kubeconfig::entry_name(&layout.name),
+            path.display()
+        ));
+    }
+
     let elapsed = start.elapsed();
     progress.finish(&format!(
         "cluster {:?} is up in {:.2}s",
@@ -380,6 +405,63 @@ fn print_usage(cluster: &Cluster, demo: bool) {
             format!(" --name {}", l.name)
         }
     );
+}
+
+/// The user's kubeconfig: the first path of $KUBECONFIG, else ~/.kube/config.
+fn user_kubeconfig_path() -> Option<PathBuf> {
+    if let Some(k) = std::env::var_os("KUBECONFIG") {
+        if let Some(first) = std::env::split_paths(&k).find(|p| !p.as_os_str().is_empty()) {
+            return Some(first);
+        }
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config"))
+}
+
+fn update_user_kubeconfig(layout: &Layout) -> Result<PathBuf, Error> {
+    let path =
+        user_kubeconfig_path().ok_or_else(|| Error::Other("no $HOME for ~/.kube/config".into()))?;
+    let read_yaml = |p: &Path| -> Result<Option<serde_yaml::Value>, Error> {
+        match fs::read_to_string(p) {
+            Ok(t) => serde_yaml::from_str(&t)
+                .map(Some)
+                .map_err(|e| Error::Other(format!("parsing {}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io {
+                what: format!("reading {}", p.display()),
+                source,
+            }),
+        }
+    };
+    let ours = read_yaml(&layout.kubeconfig())?
+        .ok_or_else(|| Error::Other(format!("{} missing", layout.kubeconfig().display())))?;
+    let merged = kubeconfig::merge(read_yaml(&path)?, &ours, &layout.name).map_err(Error::Other)?;
+    if let Some(dir) = path.parent() {
+        mkdir(dir)?;
+    }
+    let text = serde_yaml::to_string(&merged).map_err(|e| Error::Other(e.to_string()))?;
+    write(&path, text)?;
+    // It holds a bearer token.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+    Ok(path)
+}
+
+/// Best effort: a kubeconfig we cannot read or parse is left alone.
+fn remove_from_user_kubeconfig(name: &str) {
+    let Some(path) = user_kubeconfig_path() else {
+        return;
+    };
+    let Ok(text) = fs::read_to_string(&path) else {
+        return;
+    };
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
+        return;
+    };
+    if let Some(cleaned) = kubeconfig::remove(doc, name) {
+        if let Ok(t) = serde_yaml::to_string(&cleaned) {
+            let _ = fs::write(&path, t);
+        }
+    }
 }
 
 /// Waits for the server to write its kubeconfig and answer /readyz; fails early if it exits.
@@ -732,6 +814,7 @@ async fn down_layout(layout: &Layout, remove_state: bool) -> Result<DownReport, 
         }
     }
     if remove_state {
+        remove_from_user_kubeconfig(&layout.name);
         if layout.data_dir.exists() {
             fs::remove_dir_all(&layout.data_dir).map_err(|source| Error::Io {
                 what: format!("removing {}", layout.data_dir.display()),
