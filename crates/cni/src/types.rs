@@ -135,6 +135,12 @@ impl CniResult {
         let mut out = self.clone();
         out.cni_version = version.to_string();
         let legacy = version.starts_with("0.");
+        // `interfaces[].mtu` exists only since CNI 1.1.0.
+        if legacy || version == "1.0.0" {
+            for iface in &mut out.interfaces {
+                iface.mtu = None;
+            }
+        }
         for ip in &mut out.ips {
             ip.version = if legacy {
                 Some(
@@ -198,6 +204,10 @@ mod tests {
             r#"{"cniVersion":"0.4.0","interfaces":[{"name":"eth0","mac":"02:00:00:00:00:01","sandbox":"/var/run/netns/x"}],"ips":[{"version":"4","address":"10.244.1.2/32","gateway":"10.244.1.1","interface":0}],"routes":[{"dst":"0.0.0.0/0","gw":"10.244.1.1"}]}"#
         );
         assert_eq!(result.pod_ipv4(), Some("10.244.1.2".parse().unwrap()));
+        let mut with_mtu = result.clone();
+        with_mtu.interfaces[0].mtu = Some(1450);
+        assert_eq!(with_mtu.for_version("1.0.0").interfaces[0].mtu, None);
+        assert_eq!(with_mtu.for_version("1.1.0").interfaces[0].mtu, Some(1450));
     }
 
     #[test]
