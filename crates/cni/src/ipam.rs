@@ -14,7 +14,15 @@ use serde::Deserialize;
 
 /// Default directory of allocation files, as host-local's.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
-const LAST_RESERVED: &str = "last_reserved_ip.0";
+/// Round-robin position, one file per subnet: nodes sharing a filesystem (the embedded cluster) and a network
+/// name keep their own positions.
+fn last_reserved_file(subnet: Ipv4Net) -> String {
+    format!(
+        "last_reserved_ip.{}_{}",
+        subnet.network(),
+        subnet.prefix_len()
+    )
+}
 const LOCK: &str = "lock";
 
 /// The `ipam` section of the skiff-cni configuration.
@@ -230,7 +238,7 @@ impl Store {
             .into_iter()
             .map(|(ip, _, _)| ip)
             .collect();
-        let last_path = self.dir.join(LAST_RESERVED);
+        let last_path = self.dir.join(last_reserved_file(range.subnet));
         let last = fs::read_to_string(&last_path)
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -269,16 +277,18 @@ impl Store {
         Ok(ip)
     }
 
-    /// Release every allocation whose (container id, ifname) is not in `valid` (the CNI 1.1 GC command).
+    /// Release every allocation inside `subnet` whose (container id, ifname) is not in `valid` (the CNI 1.1
+    /// GC command). Addresses of other subnets belong to other nodes sharing this directory and are left alone.
     /// Returns what was released: (address, container id, ifname).
     pub fn gc(
         &self,
+        subnet: Ipv4Net,
         valid: &BTreeSet<(String, String)>,
     ) -> Result<Vec<(Ipv4Addr, String, String)>, IpamError> {
         let _lock = self.lock()?;
         let mut released = Vec::new();
         for (ip, id, ifname) in self.allocations()? {
-            if !valid.contains(&(id.clone(), ifname.clone())) {
+            if subnet.contains(&ip) && !valid.contains(&(id.clone(), ifname.clone())) {
                 let path = self.dir.join(ip.to_string());
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 released.push((ip, id, ifname));
@@ -371,6 +381,31 @@ mod tests {
         assert_eq!(
             again.allocate(&range, "ctr-c", "eth0").unwrap(),
             Ipv4Addr::new(10, 0, 0, 4)
+        );
+    }
+
+    #[test]
+    fn gc_only_touches_its_own_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), "net");
+        let node1 = Range::from_config(&cfg("10.0.1.0/24")).unwrap();
+        let node2 = Range::from_config(&cfg("10.0.2.0/24")).unwrap();
+        let a = store.allocate(&node1, "a", "eth0").unwrap();
+        let b = store.allocate(&node1, "b", "eth0").unwrap();
+        let c = store.allocate(&node2, "c", "eth0").unwrap();
+        let valid: BTreeSet<(String, String)> = [("a".to_string(), "eth0".to_string())].into();
+        let released = store.gc(node1.subnet, &valid).unwrap();
+        assert_eq!(released, vec![(b, "b".to_string(), "eth0".to_string())]);
+        assert_eq!(store.find("a", "eth0").unwrap(), Some(a));
+        assert_eq!(store.find("c", "eth0").unwrap(), Some(c));
+        // Each subnet keeps its own round-robin position.
+        assert_eq!(
+            fs::read_to_string(dir.path().join("net/last_reserved_ip.10.0.1.0_24")).unwrap(),
+            "10.0.1.3"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("net/last_reserved_ip.10.0.2.0_24")).unwrap(),
+            "10.0.2.2"
         );
     }
 

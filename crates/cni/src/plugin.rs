@@ -739,7 +739,12 @@ fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    for (ip, id, ifname) in store(conf).gc(&valid).map_err(ipam_err)? {
+    let Some(builtin) = &conf.builtin_ipam else {
+        return Ok(());
+    };
+    let range = Range::from_config(builtin)
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+    for (ip, id, ifname) in store(conf).gc(range.subnet, &valid).map_err(ipam_err)? {
         // A crash after wiring but before the runtime cached the result leaves the host end too.
         tracing::info!(%ip, container = %id, "GC released a stale attachment");
         delete_host_veth(&host_veth_name(&id, &ifname)).map_err(nl_err("deleting stale veth"))?;
