@@ -437,6 +437,27 @@ async fn bind(ctx: &Ctx, pod: &Pod, node: &str) -> Result<(), kube::Error> {
         .create_subresource("binding", &name, &PostParams::default(), &binding)
         .await?;
     tracing::debug!(%namespace, pod = %name, %node, "bound");
+    // A pod we reported unschedulable carries PodScheduled=False; say it is scheduled now.
+    let was_unschedulable = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+        });
+    if was_unschedulable {
+        let now = jiff::Timestamp::now().to_string();
+        let patch = serde_json::json!({"status": {"conditions": [
+            {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now},
+        ]}});
+        if let Err(error) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
+            tracing::debug!(%error, "could not set PodScheduled=True");
+        }
+    }
     crate::events::record(
         &ctx.client,
         SCHEDULER_NAME,

@@ -787,8 +787,15 @@ async fn unschedulable_pod_gets_condition_and_event() {
     .await;
     eventually("bound", WAIT, || async {
         let p = pods.get("picky").await.map_err(|e| e.to_string())?;
-        match p.spec.and_then(|s| s.node_name) {
-            Some(n) if n == "node-1" => Ok(()),
+        let scheduled = p
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
+            .map(|c| c.status);
+        match (p.spec.and_then(|s| s.node_name), scheduled) {
+            (Some(n), Some(s)) if n == "node-1" && s == "True" => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
