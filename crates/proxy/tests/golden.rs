@@ -376,3 +376,39 @@ fn incremental_update_to_no_endpoints_and_back() {
         .unwrap();
     golden("update_to_none", &script);
 }
+
+#[test]
+fn conflicting_external_ip_claims_do_not_break_the_transaction() {
+    let cfg = RenderConfig::default();
+    let a = demoapp(json!({"externalIPs": ["172.30.0.100"]}));
+    let mut b = demoapp(
+        json!({"clusterIP": "10.97.72.2", "clusterIPs": ["10.97.72.2"], "externalIPs": ["172.30.0.100"]}),
+    );
+    b.metadata.name = Some("other".into());
+    let mut b_eps = demoapp_eps();
+    b_eps.metadata.name = Some("other-1".into());
+    b_eps.metadata.labels = Some(
+        [(
+            "kubernetes.io/service-name".to_string(),
+            "other".to_string(),
+        )]
+        .into(),
+    );
+    let model = ProxyModel::build(&[a, b], &[demoapp_eps(), b_eps], &node());
+    let mut program = Program::new();
+    let full = program.full(&cfg, nft::fragments(&model, &cfg));
+    // The shared key appears once (the first value in order wins), so nft does not fail with "File exists".
+    assert_eq!(
+        full.matches("172.30.0.100 . tcp . 80 :").count(),
+        1,
+        "{full}"
+    );
+    // When the winner goes, the other service's claim takes over in the same transaction.
+    let script = program
+        .update(vec![(
+            ("default".to_string(), "demoapp-svc".to_string()),
+            None,
+        )])
+        .unwrap();
+    golden("update_conflict_takeover", &script);
+}

@@ -665,10 +665,18 @@ async fn agent_programs_services_from_the_api() {
         metrics.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds"),
         "{metrics}"
     );
-    let (status, _) = http_get(&format!("127.0.0.1:{}", base + 1), "/healthz")
-        .await
-        .expect("healthz");
-    assert_eq!(status, 200);
+    // Healthy once the first sync is recorded (just after the rules reach the kernel).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(&format!("127.0.0.1:{}", base + 1), "/healthz")
+            .await
+            .expect("healthz");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "healthz stays {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The API server allocates a health check node port for ETP=Local LoadBalancers; it answers with the
     // local endpoint count.
@@ -693,4 +701,68 @@ async fn agent_programs_services_from_the_api() {
     })
     .await;
     agent.abort();
+}
+
+/// A LoadBalancer address assigned to this node is added to the uplink (so the node answers ARP for it on
+/// the node network) and served; when the service is gone the address is withdrawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_address_announced_and_served() {
+    let Some(mut h) = Harness::new() else { return };
+    let mut lb: Service = service(
+        "lb",
+        web_spec(
+            "10.96.0.70",
+            json!({"type": "LoadBalancer", "ports": [
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 31500}]}),
+        ),
+    );
+    lb.metadata.annotations = Some(
+        [(
+            "skiff.dev/loadbalancer-node".to_string(),
+            "node-1".to_string(),
+        )]
+        .into(),
+    );
+    lb.status = Some(
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "172.30.99.200"}]}}))
+            .unwrap(),
+    );
+    {
+        let mut st = h.state.lock();
+        st.apply_service(lb);
+        st.apply_slice(slice("lb", &[(POD_B, "node-2")]));
+    }
+    h.sync().await;
+    assert_eq!(
+        h.proxier.announced_ips(),
+        vec!["172.30.99.200".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let mut announcer = skiff_proxy::announce::Announcer::new(
+        Runner::in_netns(h.topo.node.clone()),
+        NODE_IP.parse().unwrap(),
+    );
+    announcer.reconcile(&h.proxier.announced_ips()).await;
+    let addrs = |ns: &str| {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-n", ns, "-o", "addr", "show", "dev", "vx"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string()
+    };
+    assert!(
+        addrs(&h.topo.node).contains("172.30.99.200/32"),
+        "{}",
+        addrs(&h.topo.node)
+    );
+    // The off-cluster client reaches the LB address on its own subnet: ARP answered by the node, then DNAT.
+    let a = tcp(&h.topo.client, "172.30.99.200:80").expect("LB address served");
+    assert_eq!(server_of(&a), POD_B);
+    h.state.lock().delete_service("default", "lb");
+    h.sync().await;
+    assert!(h.proxier.announced_ips().is_empty());
+    announcer.reconcile(&h.proxier.announced_ips()).await;
+    assert!(!addrs(&h.topo.node).contains("172.30.99.200"), "withdrawn");
 }
