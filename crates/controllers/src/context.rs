@@ -14,6 +14,7 @@ use crate::informer::{self, Cache};
 use crate::queue::WorkQueue;
 use crate::{Error, Options};
 
+#[derive(Default)]
 pub struct Caches {
     pub pods: Arc<Cache<Pod>>,
     pub services: Arc<Cache<Service>>,
@@ -25,23 +26,6 @@ pub struct Caches {
     pub deployments: Arc<Cache<Deployment>>,
     pub statefulsets: Arc<Cache<StatefulSet>>,
     pub daemonsets: Arc<Cache<DaemonSet>>,
-}
-
-impl Default for Caches {
-    fn default() -> Self {
-        Caches {
-            pods: Default::default(),
-            services: Default::default(),
-            nodes: Default::default(),
-            slices: Default::default(),
-            endpoints: Default::default(),
-            leases: Default::default(),
-            replicasets: Default::default(),
-            deployments: Default::default(),
-            statefulsets: Default::default(),
-            daemonsets: Default::default(),
-        }
-    }
 }
 
 impl Caches {

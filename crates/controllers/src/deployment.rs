@@ -881,7 +881,7 @@ mod tests {
     fn scale_of_a_settled_deployment_scales_its_replicaset() {
         let d = deploy(4, "v1", json!({}));
         let rs = rs_of(&deploy(2, "v1", json!({})), 2, 2, 1, "2026-01-01T00:00:00Z");
-        let p = plan(&d, &[rs.clone()]);
+        let p = plan(&d, std::slice::from_ref(&rs));
         assert_eq!(
             p.change,
             vec![RsChange {
@@ -986,7 +986,7 @@ mod tests {
         let v1 = deploy(2, "v1", json!({"type": "Recreate"}));
         let v2 = deploy(2, "v2", json!({"type": "Recreate"}));
         let old = rs_of(&v1, 2, 2, 1, "2026-01-01T00:00:00Z");
-        let p = plan(&v2, &[old.clone()]);
+        let p = plan(&v2, std::slice::from_ref(&old));
         assert_eq!(
             p.create.as_ref().unwrap().spec.as_ref().unwrap().replicas,
             Some(0)

@@ -110,6 +110,17 @@ pub async fn run(client: kube::Client, options: Options) -> Result<(), Error> {
     context::run(client, options).await
 }
 
+/// The controller ownerReference of an object (at most one), as upstream's metav1.GetControllerOf.
+pub fn controller_owner(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> impl Iterator<Item = &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.controller == Some(true))
+        .take(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,15 +159,4 @@ mod tests {
             vec!["172.30.0.200-172.30.0.250", "10.0.0.0/30"]
         );
     }
-}
-
-/// The controller ownerReference of an object (at most one), as upstream's metav1.GetControllerOf.
-pub fn controller_owner(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> impl Iterator<Item = &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .filter(|o| o.controller == Some(true))
-        .take(1)
 }
