@@ -78,6 +78,13 @@ impl ContainerRt {
             t.abort();
         }
     }
+
+    /// Stop the probes but keep watching the process (tasks[0] is its exit waiter).
+    fn stop_probes(&mut self) {
+        for t in self.tasks.drain(..).skip(1) {
+            t.abort();
+        }
+    }
 }
 
 fn now() -> Time {
@@ -134,6 +141,11 @@ impl Worker {
         self.record.pod_ips = self.pod_ips.clone();
         self.record.start_time = Some(self.start_time.0.to_string());
         for c in &self.containers {
+            // Containers this worker has not started or adopted yet keep their record (an agent restart
+            // reads it to adopt the running process).
+            if c.gen == 0 {
+                continue;
+            }
             let entry = self
                 .record
                 .containers
@@ -765,7 +777,7 @@ impl Worker {
         self.terminating = true;
         for c in &mut self.containers {
             c.restart_at = None;
-            c.stop_tasks();
+            c.stop_probes();
         }
         let running: Vec<(String, i32)> = self
             .containers
@@ -887,7 +899,7 @@ impl Worker {
                                 ..Default::default()
                             };
                             if let Err(err) = self.api().delete(&self.name, &params).await {
-                                tracing::debug!(pod = %self.name, %err, "final delete");
+                                tracing::warn!(pod = %self.name, %err, "final delete");
                             }
                             return;
                         }
@@ -938,6 +950,7 @@ impl Worker {
     /// After (re)starting the worker: containers whose recorded process still lives are adopted, the others
     /// start.
     fn adopt_or_start(&mut self) {
+        tracing::info!(pod = %self.name, records = ?self.record.containers.keys().collect::<Vec<_>>(), "starting containers");
         for idx in 0..self.containers.len() {
             let name = self.containers[idx].spec.name.clone();
             let record = self

@@ -195,7 +195,18 @@ pub async fn wait_foreign(pid: i32, ticks: u64) {
         tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
     } {
         Ok(async_fd) => {
-            let _ = async_fd.readable().await;
+            // The pidfd wakes us when the process exits; the check also catches a process that stays a
+            // zombie of another parent (then the pidfd may not become readable).
+            loop {
+                tokio::select! {
+                    _ = async_fd.readable() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                        if !alive(pid, ticks) {
+                            return;
+                        }
+                    }
+                }
+            }
         }
         Err(_) => {
             while alive(pid, ticks) {
