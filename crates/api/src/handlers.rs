@@ -653,72 +653,114 @@ async fn list(
         None => None,
     };
     let prefix = res.ns_prefix(ns);
-    let unfiltered = q.get("labelSelector").is_none_or(|s| s.is_empty())
-        && q.get("fieldSelector").is_none_or(|s| s.is_empty());
-    if unfiltered && !wants_table(h) {
-        // Fast path: no selector, plain JSON: the stored bytes with resourceVersions spliced in.
-        let r = ctx
-            .store
-            .list(
-                &prefix,
-                ListOptions {
-                    start_after,
-                    limit: (limit > 0).then_some(limit),
-                },
-            )
-            .await?;
-        let mut md = json!({"resourceVersion": r.revision.to_string()});
-        if r.remaining > 0 {
-            if let Some(last) = r.items.last() {
-                let tok = ContinueToken {
-                    key: last.key.clone(),
-                    rv: r.revision,
+    let table = wants_table(h);
+    let now = jiff::Timestamp::now();
+    let include = q
+        .get("includeObject")
+        .cloned()
+        .unwrap_or_else(|| "Metadata".into());
+    // Objects are visited one at a time and dropped right away (no list of parsed objects is kept: freeing
+    // thousands of small allocations at once dominated large lists). JSON items are the stored bytes with the
+    // resourceVersion spliced in; only selectors and tables need a parse.
+    let mut body = Vec::new();
+    let mut rows: Vec<Value> = Vec::new();
+    let mut n = 0usize;
+    let (rev, cont, remaining) =
+        list_visit(ctx, &prefix, &filters, start_after, limit, |kv, parsed| {
+            if table {
+                let v = match parsed {
+                    Some(v) => v,
+                    None => from_kv(kv)?,
                 };
-                md["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(serde_json::to_vec(&tok).unwrap_or_default()));
-                md["remainingItemCount"] = json!(r.remaining);
+                let mut row = json!({"cells": cells_for(res, &v, now)});
+                match include.as_str() {
+                    "None" => {}
+                    "Object" => row["object"] = v,
+                    _ => row["object"] = partial_metadata(&v),
+                }
+                rows.push(row);
+            } else {
+                if n > 0 {
+                    body.push(b',');
+                }
+                kv_json(kv, &mut body)?;
             }
-        }
-        let mut body =
-            Vec::with_capacity(r.items.iter().map(|kv| kv.value.len() + 32).sum::<usize>() + 256);
-        body.extend_from_slice(b"{\"kind\":");
-        serde_json::to_writer(&mut body, &format!("{}List", res.kind))
-            .map_err(ApiError::internal)?;
-        body.extend_from_slice(b",\"apiVersion\":");
-        serde_json::to_writer(&mut body, &res.api_version()).map_err(ApiError::internal)?;
-        body.extend_from_slice(b",\"metadata\":");
-        serde_json::to_writer(&mut body, &md).map_err(ApiError::internal)?;
-        body.extend_from_slice(b",\"items\":[");
-        for (i, kv) in r.items.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            kv_json(kv, &mut body)?;
-        }
-        body.extend_from_slice(b"]}");
-        return Ok(respond(200, "application/json", body));
-    }
-    let (items, rev, cont, remaining) =
-        list_filtered(ctx, &prefix, &filters, start_after, limit).await?;
-    let rv = rev.to_string();
-    if wants_table(h) {
-        let mut t = to_table(res, &items, &rv, cont.as_deref(), q, true);
-        if let Some(n) = remaining {
-            t["metadata"]["remainingItemCount"] = json!(n);
-        }
-        return Ok(table_resp(&t));
-    }
-    let mut md = json!({"resourceVersion": rv});
+            n += 1;
+            Ok(())
+        })
+        .await?;
+    let mut md = json!({"resourceVersion": rev.to_string()});
     if let Some(c) = cont {
         md["continue"] = json!(c);
-        if let Some(n) = remaining {
-            md["remainingItemCount"] = json!(n);
+        if let Some(r) = remaining {
+            md["remainingItemCount"] = json!(r);
         }
     }
-    Ok(json_resp(
-        200,
-        &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": md, "items": items}),
-    ))
+    if table {
+        let cols = serde_json::to_value(columns_for(res)).unwrap_or(json!([]));
+        let t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": cols, "rows": rows});
+        return Ok(table_resp(&t));
+    }
+    let mut out = Vec::with_capacity(body.len() + 256);
+    out.extend_from_slice(b"{\"kind\":");
+    serde_json::to_writer(&mut out, &format!("{}List", res.kind)).map_err(ApiError::internal)?;
+    out.extend_from_slice(b",\"apiVersion\":");
+    serde_json::to_writer(&mut out, &res.api_version()).map_err(ApiError::internal)?;
+    out.extend_from_slice(b",\"metadata\":");
+    serde_json::to_writer(&mut out, &md).map_err(ApiError::internal)?;
+    out.extend_from_slice(b",\"items\":[");
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"]}");
+    Ok(respond(200, "application/json", out))
+}
+
+/// Visit the items under `prefix` matching `filters`, at most `limit` (0 = all); `visit` gets the parsed
+/// object when matching needed one. Returns the list revision, a continue token and the remaining count.
+async fn list_visit(
+    ctx: &Ctx,
+    prefix: &str,
+    filters: &Filters,
+    start_after: Option<String>,
+    limit: usize,
+    mut visit: impl FnMut(&KeyValue, Option<Value>) -> ApiResult<()>,
+) -> ApiResult<(u64, Option<String>, Option<usize>)> {
+    let r = ctx
+        .store
+        .list(
+            prefix,
+            ListOptions {
+                start_after,
+                limit: None,
+            },
+        )
+        .await?;
+    let mut count = 0usize;
+    let mut last_key: Option<&str> = None;
+    for (i, kv) in r.items.iter().enumerate() {
+        let parsed = if filters.empty {
+            None
+        } else {
+            let v = from_kv(kv)?;
+            if !filters.matches(&v) {
+                continue;
+            }
+            Some(v)
+        };
+        if limit > 0 && count == limit {
+            let tok = ContinueToken {
+                key: last_key.unwrap_or("").to_string(),
+                rv: r.revision,
+            };
+            let cont = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&tok).unwrap_or_default());
+            // Exact without selectors (upstream reports it only then); the unfiltered remainder otherwise.
+            return Ok((r.revision, Some(cont), Some(r.items.len() - i)));
+        }
+        visit(kv, parsed)?;
+        last_key = Some(kv.key.as_str());
+        count += 1;
+    }
+    Ok((r.revision, None, None))
 }
 
 /// Items under `prefix` matching `filters`, at most `limit` (0 = all), with a continue token when more match.

@@ -35,7 +35,7 @@ impl Default for RedbOptions {
         Self {
             history_window: 20_000,
             watcher_buffer: 20_000,
-            cache_size: 32 << 20,
+            cache_size: 8 << 20,
         }
     }
 }
