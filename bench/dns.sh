@@ -19,8 +19,10 @@ trap cleanup EXIT
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p skiff-dns --features bench --bin dns_bench_server >/dev/null
 BIN=target/release/dns_bench_server
 
-taskset -c 0 "$BIN" "127.0.0.1:$SKIFF_PORT" "$SERVICES" "$ENDPOINTS" "$DIR/cluster.local.zone" "$DIR/queries" \
-  >"$DIR/skiff.log" 2>&1 &
+"$BIN" files "$SERVICES" "$ENDPOINTS" "$DIR/cluster.local.zone" "$DIR/queries"
+echo "== pure answer path (decode + answer + encode, no sockets), 1 core"
+taskset -c 0 "$BIN" pure "$SERVICES" "$ENDPOINTS" "$DIR/queries"
+taskset -c 0 "$BIN" serve "127.0.0.1:$SKIFF_PORT" "$SERVICES" "$ENDPOINTS" >"$DIR/skiff.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 600); do grep -q "serving on" "$DIR/skiff.log" 2>/dev/null && break; sleep 0.1; done
 echo "== skiff dns: $SERVICES services x $ENDPOINTS endpoints"
@@ -51,6 +53,9 @@ server:
   logfile: "$DIR/nsd.log"
   do-ip6: no
   verbosity: 0
+  # Debian's nsd rate-limits responses per client /24 by default (RRL); a benchmark from one address must not.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
 remote-control:
   control-enable: no
 zone:

@@ -93,7 +93,7 @@ pub fn answer(snapshot: &Snapshot, request: &Message) -> Answer {
             if !targets.is_empty() {
                 resp.metadata.authoritative = true;
                 for t in targets {
-                    if let Ok(name) = Name::from_ascii(t.as_ref()) {
+                    if let Ok(name) = Name::from_ascii(&t) {
                         resp.add_answer(Record::from_rdata(
                             qname.clone(),
                             snapshot.ttl,
@@ -148,7 +148,13 @@ enum Lookup {
     NxDomain,
 }
 
-fn zone_answer(snapshot: &Snapshot, mut resp: Message, qname: &Name, qlower: Name, qtype: RecordType) -> Answer {
+fn zone_answer(
+    snapshot: &Snapshot,
+    mut resp: Message,
+    qname: &Name,
+    qlower: Name,
+    qtype: RecordType,
+) -> Answer {
     let mut name = qname.clone();
     let mut lower = qlower;
     let mut seen: Vec<Name> = Vec::new();

@@ -121,7 +121,84 @@ pub struct Service {
 const REVERSE_SHARDS: usize = 64;
 
 type NamespaceMap = HashMap<Box<str>, Arc<Service>>;
-type ReverseShard = HashMap<IpAddr, Vec<Arc<str>>>;
+type ReverseShard = HashMap<IpAddr, PtrSet>;
+
+/// One PTR answer for an address, stored compactly: the service's name is shared by all its addresses and an
+/// endpoint's dashed-IP label is derived from the address when answering.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct PtrTarget {
+    /// `<svc>.<ns>.svc.<zone>.`
+    service: Arc<str>,
+    label: PtrLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PtrLabel {
+    /// The address is a cluster IP: the PTR is the service name.
+    ClusterIp,
+    /// An endpoint without hostname: `<a-b-c-d>.<service>`.
+    Dashed,
+    /// An endpoint with a hostname: `<hostname>.<service>`.
+    Host(Box<str>),
+}
+
+impl PtrTarget {
+    fn render(&self, ip: &IpAddr) -> String {
+        match &self.label {
+            PtrLabel::ClusterIp => self.service.to_string(),
+            PtrLabel::Dashed => format!("{}.{}", dashed_ip(ip), self.service),
+            PtrLabel::Host(h) => format!("{h}.{}", self.service),
+        }
+    }
+}
+
+/// Almost every address has exactly one PTR target; avoid a heap vector for that case.
+#[derive(Debug, Clone)]
+pub(crate) enum PtrSet {
+    One(PtrTarget),
+    Many(Vec<PtrTarget>),
+}
+
+impl PtrSet {
+    fn iter(&self) -> std::slice::Iter<'_, PtrTarget> {
+        match self {
+            PtrSet::One(t) => std::slice::from_ref(t).iter(),
+            PtrSet::Many(v) => v.iter(),
+        }
+    }
+
+    fn insert(&mut self, t: PtrTarget) {
+        match self {
+            PtrSet::One(first) => {
+                let mut v = vec![first.clone(), t];
+                v.sort();
+                *self = PtrSet::Many(v);
+            }
+            PtrSet::Many(v) => {
+                v.push(t);
+                v.sort();
+            }
+        }
+    }
+
+    /// Remove `t`; true when the set is now empty.
+    fn remove(&mut self, t: &PtrTarget) -> bool {
+        match self {
+            PtrSet::One(first) => first == t,
+            PtrSet::Many(v) => {
+                if let Some(pos) = v.iter().position(|x| x == t) {
+                    v.remove(pos);
+                }
+                let empty = v.is_empty();
+                let single = (v.len() == 1).then(|| v[0].clone());
+                if let Some(only) = single {
+                    *self = PtrSet::One(only);
+                }
+                empty
+            }
+        }
+    }
+}
 
 /// An immutable view of the cluster that answers are computed from. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -162,11 +239,12 @@ impl Snapshot {
         self.namespaces.contains(namespace)
     }
 
-    pub fn ptr_targets(&self, ip: &IpAddr) -> &[Arc<str>] {
-        self.reverse[shard_of(ip)]
-            .get(ip)
-            .map(|v| v.as_slice())
-            .unwrap_or(&[])
+    /// PTR target names (absolute, lower-case) for `ip`, sorted; empty when the address is unknown.
+    pub fn ptr_targets(&self, ip: &IpAddr) -> Vec<String> {
+        match self.reverse[shard_of(ip)].get(ip) {
+            Some(set) => set.iter().map(|t| t.render(ip)).collect(),
+            None => Vec::new(),
+        }
     }
 
     pub fn service_count(&self) -> usize {
@@ -388,22 +466,35 @@ impl SnapshotBuilder {
     }
 
     /// The PTR targets a service contributes: its cluster IPs → service name, endpoints → endpoint names.
-    fn ptr_entries(&self, svc: &Service) -> Vec<(IpAddr, Arc<str>)> {
+    fn ptr_entries(&self, svc: &Service) -> Vec<(IpAddr, PtrTarget)> {
         let mut out = Vec::new();
-        if let ServiceKind::ClusterIp(ips) = &svc.kind {
-            let name = self.fqdn(&[&svc.name, &svc.namespace, "svc"]);
-            for ip in ips {
-                out.push((*ip, name.clone()));
-            }
+        if matches!(svc.kind, ServiceKind::ExternalName(_)) {
+            return out;
         }
-        if !matches!(svc.kind, ServiceKind::ExternalName(_)) {
-            for ep in &svc.endpoints {
-                let label = ep.label();
+        let service = self.fqdn(&[&svc.name, &svc.namespace, "svc"]);
+        if let ServiceKind::ClusterIp(ips) = &svc.kind {
+            for ip in ips {
                 out.push((
-                    ep.ip,
-                    self.fqdn(&[&label, &svc.name, &svc.namespace, "svc"]),
+                    *ip,
+                    PtrTarget {
+                        service: service.clone(),
+                        label: PtrLabel::ClusterIp,
+                    },
                 ));
             }
+        }
+        for ep in &svc.endpoints {
+            let label = match &ep.hostname {
+                Some(h) => PtrLabel::Host(h.clone()),
+                None => PtrLabel::Dashed,
+            };
+            out.push((
+                ep.ip,
+                PtrTarget {
+                    service: service.clone(),
+                    label,
+                },
+            ));
         }
         out
     }
@@ -447,24 +538,24 @@ impl SnapshotBuilder {
                 continue;
             }
             if let Some(old) = &old {
-                for (ip, name) in self.ptr_entries(old) {
+                for (ip, target) in self.ptr_entries(old) {
                     let shard = Arc::make_mut(&mut self.reverse[shard_of(&ip)]);
-                    if let Some(v) = shard.get_mut(&ip) {
-                        if let Some(pos) = v.iter().position(|n| *n == name) {
-                            v.remove(pos);
-                        }
-                        if v.is_empty() {
+                    if let Some(set) = shard.get_mut(&ip) {
+                        if set.remove(&target) {
                             shard.remove(&ip);
                         }
                     }
                 }
             }
             if let Some(new) = &new {
-                for (ip, name) in self.ptr_entries(new) {
+                for (ip, target) in self.ptr_entries(new) {
                     let shard = Arc::make_mut(&mut self.reverse[shard_of(&ip)]);
-                    let v = shard.entry(ip).or_default();
-                    v.push(name);
-                    v.sort();
+                    match shard.get_mut(&ip) {
+                        Some(set) => set.insert(target),
+                        None => {
+                            shard.insert(ip, PtrSet::One(target));
+                        }
+                    }
                 }
             }
             let services = Arc::make_mut(&mut self.services);

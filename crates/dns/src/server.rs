@@ -23,7 +23,27 @@ pub struct DnsServer {
     snapshot: ArcSwap<Snapshot>,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
+    cache: parking_lot::Mutex<ResponseCache>,
 }
+
+/// Encoded responses of locally answered requests, keyed by the request bytes after the id (flags, question,
+/// EDNS) and transport. Valid for one snapshot only: emptied when a new snapshot is published, so it can
+/// never serve stale data; TTLs are not decremented because our answers are authoritative, not cached copies.
+/// (CoreDNS's default Corefile runs its `cache` plugin for the same reason: the answer path is the cost.)
+struct ResponseCache {
+    /// The snapshot the entries were computed from (held, so its address cannot be reused by a newer one).
+    snapshot: Option<Arc<Snapshot>>,
+    entries: std::collections::HashMap<(Proto, Box<[u8]>), Box<[u8]>>,
+}
+
+impl ResponseCache {
+    fn is_for(&self, snap: &Arc<Snapshot>) -> bool {
+        self.snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap))
+    }
+}
+
+/// Bound on cached responses; the cache is simply emptied when full (clients ask for a small working set).
+const CACHE_ENTRIES: usize = 65_536;
 
 /// Outcome of the synchronous part of handling a request.
 enum Local {
@@ -38,6 +58,10 @@ impl DnsServer {
             snapshot: ArcSwap::from_pointee(initial),
             forwarder,
             metrics,
+            cache: parking_lot::Mutex::new(ResponseCache {
+                snapshot: None,
+                entries: std::collections::HashMap::new(),
+            }),
         })
     }
 
@@ -55,6 +79,9 @@ impl DnsServer {
     }
 
     fn handle_local(&self, bytes: &[u8], proto: Proto, start: Instant) -> Local {
+        if let Some(reply) = self.cached(bytes, proto, start) {
+            return Local::Reply(reply);
+        }
         let request = match parse_request(bytes) {
             Parsed::Query(m) => m,
             Parsed::Reply(r) => {
@@ -75,7 +102,41 @@ impl DnsServer {
         if ans.forward != Forward::None {
             return Local::Forward(request, ans);
         }
-        Local::Reply(self.finish(&request, &ans.message, proto, start))
+        let reply = self.finish(&request, &ans.message, proto, start);
+        if reply.len() >= 12 && bytes.len() >= 12 {
+            let mut cache = self.cache.lock();
+            if !cache.is_for(&snap) || cache.entries.len() >= CACHE_ENTRIES {
+                cache.entries.clear();
+                cache.snapshot = Some(Arc::clone(&snap));
+            }
+            cache
+                .entries
+                .insert((proto, bytes[2..].into()), reply[2..].into());
+        }
+        Local::Reply(reply)
+    }
+
+    /// A cached reply for exactly these request bytes (id patched), if the snapshot has not changed since.
+    fn cached(&self, bytes: &[u8], proto: Proto, start: Instant) -> Option<Vec<u8>> {
+        if bytes.len() < 12 {
+            return None;
+        }
+        let snap = self.snapshot.load();
+        let cache = self.cache.lock();
+        if !cache.is_for(&snap) {
+            return None;
+        }
+        // Loop detection must still see our own forwarded queries: those are never locally answered, so
+        // never cached.
+        let hit = cache
+            .entries
+            .get(&(proto, Box::<[u8]>::from(&bytes[2..])))?;
+        let mut reply = Vec::with_capacity(hit.len() + 2);
+        reply.extend_from_slice(&bytes[..2]);
+        reply.extend_from_slice(hit);
+        drop(cache);
+        self.metrics.observe_cached(proto, &reply, start.elapsed());
+        Some(reply)
     }
 
     fn finish(

@@ -275,3 +275,29 @@ async fn metrics_count_requests_and_rcodes() {
         assert!(m.contains(&line), "missing {line} (server port {port}) in\n{m}");
     }
 }
+
+#[tokio::test]
+async fn a_new_snapshot_is_answered_immediately_despite_the_response_cache() {
+    let mut b = example_cluster();
+    let s = start(&mut b, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            dig(s.dns_addr, &["+short", "web.default.svc.cluster.local"]).await,
+            "10.96.0.20\n"
+        );
+    }
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.21"}}),
+    );
+    s.server.store(b.snapshot());
+    assert_eq!(
+        dig(s.dns_addr, &["+short", "web.default.svc.cluster.local"]).await,
+        "10.96.0.21\n"
+    );
+    b.delete_service("default", "web");
+    s.server.store(b.snapshot());
+    let gone = dig(s.dns_addr, &["web.default.svc.cluster.local"]).await;
+    assert!(gone.contains("status: NXDOMAIN"), "{gone}");
+}

@@ -3,7 +3,10 @@
 //! incremental snapshot update, and writes the same records as an RFC 1035 zone file (for nsd) and a dnsperf
 //! query file when asked.
 //!
-//! Usage: dns_bench_server <listen> <services> <endpoints-per-service> [zonefile] [queryfile]
+//! Usage:
+//!   dns_bench_server serve <listen> <services> <endpoints-per-service>
+//!   dns_bench_server files <services> <endpoints-per-service> <zonefile> <queryfile>
+//!   dns_bench_server pure <services> <endpoints-per-service> <queryfile>   (answer path without sockets)
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -24,20 +27,71 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let listen = args
-        .get(1)
-        .map(String::as_str)
-        .unwrap_or("127.0.0.1:15353")
-        .parse()?;
-    let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let m: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(10);
-    let rss0 = rss_kib();
-    let t = Instant::now();
+fn build(n: usize, m: usize) -> SnapshotBuilder {
     let mut b = SnapshotBuilder::new("cluster.local", 5);
     synthetic(&mut b, n, m);
     b.set_synced(true);
+    b
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    match arg(1) {
+        "files" => {
+            let (n, m) = (arg(2).parse()?, arg(3).parse()?);
+            let snap = build(n, m).snapshot();
+            std::fs::write(arg(4), zone_file(&snap))?;
+            std::fs::write(arg(5), query_file(n))?;
+            Ok(())
+        }
+        "pure" => pure(arg(2).parse()?, arg(3).parse()?, arg(4)),
+        "serve" => serve(arg(2).parse()?, arg(3).parse()?, arg(4).parse()?),
+        _ => Err("usage: dns_bench_server serve|files|pure ...".into()),
+    }
+}
+
+/// Time the pure path (decode, answer, encode) over the query file.
+fn pure(n: usize, m: usize, queryfile: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use hickory_proto::rr::{Name, RecordType};
+    let snap = build(n, m).snapshot();
+    let mut packets = Vec::new();
+    for line in std::fs::read_to_string(queryfile)?.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(name), Some(t)) = (w.next(), w.next()) else {
+            continue;
+        };
+        let qtype: RecordType = t.parse()?;
+        let q = skiff_dns::answer::query_message(1, Name::from_ascii(format!("{name}."))?, qtype);
+        packets.push(q.to_vec()?);
+    }
+    let rounds = 20;
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    for _ in 0..rounds {
+        for p in &packets {
+            if let skiff_dns::wire::Parsed::Query(q) = skiff_dns::wire::parse_request(p) {
+                let a = skiff_dns::answer(&snap, &q);
+                bytes += skiff_dns::wire::encode(&a.message, skiff_dns::wire::udp_limit(&q)).len();
+            }
+        }
+    }
+    let per = t.elapsed() / (rounds * packets.len()) as u32;
+    println!(
+        "pure path: {per:?} per query ({} queries x {rounds}, {bytes} bytes out)",
+        packets.len()
+    );
+    Ok(())
+}
+
+fn serve(
+    listen: std::net::SocketAddr,
+    n: usize,
+    m: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rss0 = rss_kib();
+    let t = Instant::now();
+    let mut b = build(n, m);
     let snap = b.snapshot();
     let built = t.elapsed();
     println!(
@@ -45,8 +99,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         snap.service_count(),
         rss_kib()
     );
-    // Incremental update cost at this scale: one service changes, publish a new snapshot.
+    drop(snap);
+    // Incremental update cost at this scale: one service changes, publish a new snapshot (the previous one
+    // stays alive while it is built, as it does in the server).
     let mut times = Vec::new();
+    let mut current = b.snapshot();
     for i in 0..200 {
         let t = Instant::now();
         add_service(
@@ -56,7 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let s = b.snapshot();
         times.push(t.elapsed());
-        drop(s);
+        current = s;
     }
     times.sort();
     println!(
@@ -65,13 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times[times.len() * 99 / 100],
         times[times.len() - 1]
     );
-    if let Some(zonefile) = args.get(4) {
-        std::fs::write(zonefile, zone_file(&snap))?;
-    }
-    if let Some(queryfile) = args.get(5) {
-        std::fs::write(queryfile, query_file(n))?;
-    }
-    let snap = b.snapshot();
+    let snap = current;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
