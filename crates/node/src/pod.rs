@@ -950,7 +950,7 @@ impl Worker {
     /// After (re)starting the worker: containers whose recorded process still lives are adopted, the others
     /// start.
     fn adopt_or_start(&mut self) {
-        tracing::info!(pod = %self.name, records = ?self.record.containers.keys().collect::<Vec<_>>(), "starting containers");
+        tracing::debug!(pod = %self.name, records = ?self.record.containers.keys().collect::<Vec<_>>(), "starting containers");
         for idx in 0..self.containers.len() {
             let name = self.containers[idx].spec.name.clone();
             let record = self

@@ -563,6 +563,48 @@ async fn scenario() {
     .await;
     println!("unknown image ok");
 
+    // A failing exec liveness probe restarts the container; it fails only where the hostname is the pod's,
+    // so a probe run outside the container's namespaces would pass and the test would fail.
+    let live = pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "live",
+                json!({"nodeName": "node-t", "terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": "c", "image": "busybox", "command": ["sh", "-c", "exec sleep 3600"],
+                    "livenessProbe": {"exec": {"command": ["sh", "-c", "test \"$(hostname)\" = live || exit 0; exit 1"]},
+                                      "periodSeconds": 1, "failureThreshold": 1}
+                }]}),
+            ),
+        )
+        .await
+        .expect("create live");
+    guard.0.push(live.metadata.uid.clone().unwrap());
+    wait_for("liveness restart", Duration::from_secs(15), async || {
+        pods.get("live")
+            .await
+            .ok()
+            .filter(|p| container_status(p, "c").is_some_and(|c| c.restart_count >= 1))
+    })
+    .await;
+    wait_for("Unhealthy event", Duration::from_secs(5), async || {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.involved_object.name.as_deref() == Some("live")
+                    && e.reason.as_deref() == Some("Unhealthy")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("Liveness probe failed: "))
+            })
+    })
+    .await;
+    println!("liveness probe restart ok");
+
     // Agent restart: running pods are adopted (same process, same IP, no restart).
     let record: serde_json::Value = serde_json::from_slice(
         &std::fs::read(data_dir.join("pods").join(&demo_uid).join("state.json")).unwrap(),
@@ -605,7 +647,7 @@ async fn scenario() {
 
     // Deletion: SIGTERM, grace, teardown; the object goes away and nothing is left behind.
     let t0 = Instant::now();
-    for name in ["demo", "quick", "crash", "bad"] {
+    for name in ["demo", "quick", "crash", "bad", "live"] {
         pods.delete(name, &DeleteParams::default())
             .await
             .expect("delete");
@@ -631,7 +673,7 @@ async fn scenario() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("4 pods deleted in {:?}", t0.elapsed());
+    println!("5 pods deleted in {:?}", t0.elapsed());
     for uid in &guard.0 {
         assert!(
             !skiff_node::netns::netns_path(&skiff_node::netns::netns_name(uid)).exists(),
