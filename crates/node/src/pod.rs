@@ -538,7 +538,7 @@ impl Worker {
                         });
                     }
                     let wait = if fast {
-                        period.min(Duration::from_millis(500))
+                        period.min(Duration::from_millis(100))
                     } else {
                         period
                     };

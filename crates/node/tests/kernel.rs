@@ -479,6 +479,37 @@ async fn scenario() {
     println!("pod creation -> Ready without probes: {:?}", t0.elapsed());
     guard.0.push(quick.metadata.uid.clone().unwrap());
 
+    // Creation → Ready latency over a series of pods without probes (printed; the goal is p99 ≤ 200 ms).
+    let mut samples = Vec::new();
+    for i in 0..20 {
+        let name = format!("lat-{i}");
+        let t0 = Instant::now();
+        let p = pods
+            .create(&PostParams::default(), &pod(&name, json!({"nodeName": "node-t", "containers": [{"name": "p", "image": "registry.k8s.io/pause:3.10"}]})))
+            .await
+            .expect("create");
+        guard.0.push(p.metadata.uid.clone().unwrap());
+        loop {
+            if pods.get(&name).await.ok().is_some_and(|p| is_ready(&p)) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{name} not Ready");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        samples.push(t0.elapsed());
+    }
+    samples.sort();
+    println!(
+        "pod creation -> Ready (20 pods, no probes): p50 {:?}, p99/max {:?}",
+        samples[samples.len() / 2],
+        samples[samples.len() - 1]
+    );
+    for i in 0..20 {
+        pods.delete(&format!("lat-{i}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+
     // A crash-looping container shows restarts and CrashLoopBackOff.
     let crash = pods
         .create(&PostParams::default(), &pod("crash", json!({"nodeName": "node-t", "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "exit 3"]}]})))
