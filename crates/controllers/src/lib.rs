@@ -121,9 +121,61 @@ pub fn controller_owner(
         .take(1)
 }
 
+/// metav1.LabelSelector semantics (matchLabels and matchExpressions: In, NotIn, Exists, DoesNotExist).
+pub fn label_selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    let empty = std::collections::BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_selectors_match_like_upstream() {
+        let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "canary", "operator": "DoesNotExist"}]
+        })).unwrap();
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert!(label_selector_matches(
+            &sel,
+            Some(&l(&[("app", "web"), ("tier", "a")]))
+        ));
+        assert!(!label_selector_matches(
+            &sel,
+            Some(&l(&[("app", "web"), ("tier", "c")]))
+        ));
+        assert!(!label_selector_matches(
+            &sel,
+            Some(&l(&[("app", "web"), ("tier", "a"), ("canary", "1")]))
+        ));
+        assert!(!label_selector_matches(&sel, None));
+    }
 
     #[test]
     fn durations_parse_like_go() {

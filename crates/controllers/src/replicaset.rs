@@ -324,6 +324,50 @@ fn owned_pods(ctx: &Ctx, key: &Key, uid: &str) -> Vec<Arc<Pod>> {
     pods
 }
 
+/// Pods matching the selector without a controller are adopted (upstream's ControllerRefManager),
+/// e.g. after the previous ReplicaSet was deleted with `--cascade=orphan`. Adopted pods count once
+/// the cache shows the new ownerReference.
+async fn adopt_orphans(ctx: &Ctx, rs: &ReplicaSet) -> Result<Vec<Arc<Pod>>, kube::Error> {
+    let mut adopted = vec![];
+    let Some(selector) = rs.spec.as_ref().map(|s| &s.selector) else {
+        return Ok(adopted);
+    };
+    if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|m| m.is_empty())
+    {
+        return Ok(adopted);
+    }
+    let namespace = rs.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for pod in ctx.caches.pods.list_namespace(&namespace) {
+        if crate::controller_owner(&pod.metadata).next().is_some()
+            || !pod_is_active(&pod)
+            || !crate::label_selector_matches(selector, pod.metadata.labels.as_ref())
+        {
+            continue;
+        }
+        let mut owners = pod.metadata.owner_references.clone().unwrap_or_default();
+        owners.push(owner_reference("apps/v1", "ReplicaSet", &rs.metadata));
+        let patch = serde_json::json!({"metadata": {"ownerReferences": owners, "resourceVersion": pod.metadata.resource_version}});
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(p) => {
+                tracing::info!(%namespace, pod = %name, replicaset = ?rs.metadata.name, "adopted pod");
+                adopted.push(Arc::new(p));
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(adopted)
+}
+
 async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Option<Duration>, kube::Error> {
     let Some(rs) = ctx.caches.replicasets.get(&key.0, &key.1) else {
         return Ok(None);
@@ -332,7 +376,13 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<Option<Duration>, kube::Error
         return Ok(None);
     }
     let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let pods = owned_pods(ctx, key, &uid);
+    let adopted = adopt_orphans(ctx, &rs).await?;
+    let mut pods = owned_pods(ctx, key, &uid);
+    for p in adopted {
+        if !pods.iter().any(|q| q.metadata.name == p.metadata.name) {
+            pods.push(p);
+        }
+    }
     let active: Vec<Arc<Pod>> = pods.iter().filter(|p| pod_is_active(p)).cloned().collect();
     let (create, delete) = pods_to_create_or_delete(&rs, &active);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);

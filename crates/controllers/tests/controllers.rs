@@ -801,3 +801,50 @@ async fn unschedulable_pod_gets_condition_and_event() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_adopts_matching_orphans_instead_of_creating() {
+    let c = start(options()).await;
+    add_node(&c.client, "node-1", json!({})).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    for name in ["orphan-a", "orphan-b"] {
+        let pod: Pod = serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"app": "adopt"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+        )
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let rss: Api<ReplicaSet> = Api::namespaced(c.client.clone(), "default");
+    let rs: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "adopt"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "adopt"}},
+                 "template": {"metadata": {"labels": {"app": "adopt"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})).unwrap();
+    rss.create(&PostParams::default(), &rs).await.unwrap();
+    let names = eventually("3 owned pods", WAIT, || async {
+        let list = pods_of(&c.client, "adopt").await;
+        let owned = list
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|o| o.name == "adopt"))
+            })
+            .count();
+        if list.len() == 3 && owned == 3 {
+            Ok(list
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>())
+        } else {
+            Err(format!("{} pods, {owned} owned", list.len()))
+        }
+    })
+    .await;
+    assert!(
+        names.contains(&"orphan-a".to_string()) && names.contains(&"orphan-b".to_string()),
+        "{names:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pods_of(&c.client, "adopt").await.len(), 3);
+}
