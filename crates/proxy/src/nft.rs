@@ -421,6 +421,9 @@ pub struct Program {
     elements: HashMap<(&'static str, String), Counts>,
 }
 
+/// A change in how many services claim one value of a key.
+type ElementDelta = (Option<String>, i64);
+
 /// Values claimed for one key, sorted, with their counts (all > 0).
 type Counts = Vec<(Option<String>, usize)>;
 
@@ -627,8 +630,7 @@ impl Program {
         // 3. Element diffs: deletions first, so a key whose verdict changed is re-added cleanly.
         let mut adds = Vec::new();
         let mut dels = Vec::new();
-        let mut per_key: BTreeMap<(&'static str, String), Vec<(Option<String>, i64)>> =
-            BTreeMap::new();
+        let mut per_key: BTreeMap<(&'static str, String), Vec<ElementDelta>> = BTreeMap::new();
         for (e, d) in delta {
             if d != 0 {
                 per_key.entry((e.set, e.key)).or_default().push((e.data, d));

@@ -187,7 +187,7 @@ fn load_balancer(etp: &str) -> Service {
 #[test]
 fn load_balancer_cluster_policy() {
     let service = load_balancer("Cluster");
-    let model = ProxyModel::build(&[service.clone()], &[demoapp_eps()], &node());
+    let model = ProxyModel::build(std::slice::from_ref(&service), &[demoapp_eps()], &node());
     let m = &model.services[&("default".to_string(), "demoapp-svc".to_string())];
     // This node is the one named in the annotation: it announces the address; no health check for Cluster.
     assert_eq!(
@@ -199,7 +199,7 @@ fn load_balancer_cluster_policy() {
         name: "node-2".into(),
         ips: vec![],
     };
-    let model2 = ProxyModel::build(&[service.clone()], &[demoapp_eps()], &other);
+    let model2 = ProxyModel::build(std::slice::from_ref(&service), &[demoapp_eps()], &other);
     assert!(model2.services.values().all(|m| m.announce_ips.is_empty()));
     golden("loadbalancer", &render(&[service], &[demoapp_eps()]));
 }
@@ -213,7 +213,7 @@ fn external_ips() {
 #[test]
 fn external_traffic_policy_local_with_local_endpoint() {
     let service = load_balancer("Local");
-    let model = ProxyModel::build(&[service.clone()], &[demoapp_eps()], &node());
+    let model = ProxyModel::build(std::slice::from_ref(&service), &[demoapp_eps()], &node());
     let hc = model
         .services
         .values()
