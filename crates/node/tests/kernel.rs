@@ -645,6 +645,30 @@ async fn scenario() {
         .as_i64()
         .expect("pid") as i32;
     drop(agent);
+    // While the agent is down, "bad" is force-deleted: the restarted agent must remove its sandbox.
+    let bad_uid = bad.metadata.uid.clone().unwrap();
+    let bad_netns = skiff_node::netns::netns_path(&skiff_node::netns::netns_name(&bad_uid));
+    assert!(bad_netns.exists(), "bad has a sandbox");
+    pods.delete(
+        "bad",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("force delete");
+    wait_for(
+        "bad gone from the API",
+        Duration::from_secs(5),
+        async || {
+            pods.get_opt("bad")
+                .await
+                .ok()
+                .and_then(|p| p.is_none().then_some(()))
+        },
+    )
+    .await;
     if std::env::var_os("SKIFF_TEST_DEBUG").is_some() {
         eprintln!(
             "{}",
@@ -675,10 +699,19 @@ async fn scenario() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ServerName: demo\n");
     println!("agent restart adopted the pods");
+    wait_for(
+        "orphaned sandbox removed",
+        Duration::from_secs(5),
+        async || {
+            (!bad_netns.exists() && !data_dir.join("pods").join(&bad_uid).exists()).then_some(())
+        },
+    )
+    .await;
+    println!("agent restart removed the sandbox of a pod deleted meanwhile");
 
     // Deletion: SIGTERM, grace, teardown; the object goes away and nothing is left behind.
     let t0 = Instant::now();
-    for name in ["demo", "quick", "crash", "bad", "live"] {
+    for name in ["demo", "quick", "crash", "live"] {
         pods.delete(name, &DeleteParams::default())
             .await
             .expect("delete");
@@ -704,7 +737,7 @@ async fn scenario() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("5 pods deleted in {:?}", t0.elapsed());
+    println!("4 pods deleted in {:?}", t0.elapsed());
     for uid in &guard.0 {
         assert!(
             !skiff_node::netns::netns_path(&skiff_node::netns::netns_name(uid)).exists(),
