@@ -85,6 +85,10 @@ impl TestCluster {
     pub fn kubeconfig(&self) -> PathBuf {
         self.data_dir.join("server/kubeconfig")
     }
+    /// What `--update-kubeconfig` writes to: $KUBECONFIG of `skiff up` / `skiff down`, kept out of $HOME.
+    pub fn user_kubeconfig(&self) -> PathBuf {
+        self._tmp.path().join("user-kubeconfig")
+    }
 
     pub fn up(&self, extra: &[&str]) -> Output {
         let mut cmd = Command::new(SKIFF);
@@ -108,7 +112,9 @@ impl TestCluster {
             &format!("172.31.{0}.200-172.31.{0}.250", self.octet),
         ])
         .args(["--api-port", &self.api_port.to_string(), "--timeout", "60"])
-        .args(extra);
+        .args(extra)
+        // --update-kubeconfig must never touch the real ~/.kube/config.
+        .env("KUBECONFIG", self.user_kubeconfig());
         cmd.output().expect("running skiff up")
     }
 
@@ -121,6 +127,7 @@ impl TestCluster {
                 "--data-dir",
                 &self.data_dir.display().to_string(),
             ])
+            .env("KUBECONFIG", self.user_kubeconfig())
             .output()
             .expect("running skiff down")
     }
@@ -262,7 +269,7 @@ fn pid_file(dir: &Path, name: &str) -> u32 {
 #[test]
 fn up_builds_a_ready_cluster_and_down_removes_every_trace() {
     let c = TestCluster::new(2);
-    let out = c.up(&[]);
+    let out = c.up(&["--update-kubeconfig"]);
     assert!(out.status.success(), "skiff up failed: {}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -283,6 +290,31 @@ fn up_builds_a_ready_cluster_and_down_removes_every_trace() {
         assert!(line.contains(&c.node_ip(i)), "{line}");
     }
 
+    // --update-kubeconfig: the user's kubeconfig gets context skiff-<name> as the current one.
+    let ctx = Command::new("kubectl")
+        .args(["config", "current-context"])
+        .env("KUBECONFIG", c.user_kubeconfig())
+        .output()
+        .expect("kubectl config");
+    assert_eq!(
+        String::from_utf8_lossy(&ctx.stdout).trim(),
+        format!("skiff-{}", c.name),
+        "{}\n{}",
+        text(&ctx),
+        std::fs::read_to_string(c.user_kubeconfig()).unwrap_or_default()
+    );
+    let via_user = Command::new("kubectl")
+        .args(["get", "nodes", "--no-headers"])
+        .env("KUBECONFIG", c.user_kubeconfig())
+        .output()
+        .expect("kubectl");
+    assert_eq!(
+        String::from_utf8_lossy(&via_user.stdout).lines().count(),
+        2,
+        "{}",
+        text(&via_user)
+    );
+
     // The host reaches the nodes over the bridge, and node 1 reaches node 2 and the host.
     let ping = Command::new("busybox")
         .args(["ping", "-c1", "-W2", &c.node_ip(1)])
@@ -291,6 +323,15 @@ fn up_builds_a_ready_cluster_and_down_removes_every_trace() {
     assert!(ping.status.success(), "host -> node-1: {}", text(&ping));
     let ping = c.in_node(1, &["busybox", "ping", "-c1", "-W2", &c.node_ip(2)]);
     assert!(ping.status.success(), "node-1 -> node-2: {}", text(&ping));
+
+    // A second `skiff up` of a running cluster refuses and leaves it alone.
+    let again = c.up(&[]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is already running"),
+        "{}",
+        text(&again)
+    );
 
     // `skiff status` reports the server and both nodes Ready.
     let st = Command::new(SKIFF)
@@ -320,6 +361,8 @@ fn up_builds_a_ready_cluster_and_down_removes_every_trace() {
     let out = c.down();
     assert!(out.status.success(), "skiff down failed: {}", text(&out));
     assert_eq!(c.leftovers(), Vec::<String>::new());
+    let user_kc = std::fs::read_to_string(c.user_kubeconfig()).unwrap_or_default();
+    assert!(!user_kc.contains(&format!("skiff-{}", c.name)), "{user_kc}");
     // Idempotent.
     let again = c.down();
     assert!(
