@@ -636,7 +636,8 @@ pub const ENDPOINTS_CONTROLLER: &str = "endpoint-controller";
 /// EndpointSliceTracker), so a reconcile running before the watch catches up never creates twice.
 #[derive(Default)]
 pub struct State {
-    written: Mutex<HashMap<Key, Option<Arc<EndpointSlice>>>>,
+    /// (namespace, service) → slice name → what we wrote (None: deleted).
+    written: Mutex<HashMap<Key, BTreeMap<String, Option<Arc<EndpointSlice>>>>>,
     /// The same for Endpoints objects: the last one we wrote per Service.
     written_endpoints: Mutex<HashMap<Key, Arc<Endpoints>>>,
     started: AtomicBool,
@@ -676,11 +677,12 @@ impl State {
             .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
             .collect();
         let mut result = cached.clone();
-        let mut written = self.written.lock();
-        written.retain(|(ns, name), entry| {
-            if ns != namespace {
-                return true;
-            }
+        let mut all_written = self.written.lock();
+        let service_key = (namespace.to_string(), service.to_string());
+        let Some(written) = all_written.get_mut(&service_key) else {
+            return result.into_values().collect();
+        };
+        written.retain(|name, entry| {
             let in_cache = cached.get(name);
             match entry {
                 None => {
@@ -706,21 +708,31 @@ impl State {
                 }
             }
         });
+        if written.is_empty() {
+            all_written.remove(&service_key);
+        }
         result.into_values().collect()
     }
 
     fn note_written(&self, slice: EndpointSlice) {
         let key = (
             slice.metadata.namespace.clone().unwrap_or_default(),
-            slice.metadata.name.clone().unwrap_or_default(),
+            service_of(&slice).unwrap_or_default(),
         );
-        self.written.lock().insert(key, Some(Arc::new(slice)));
-    }
-
-    fn note_deleted(&self, namespace: &str, name: &str) {
+        let name = slice.metadata.name.clone().unwrap_or_default();
         self.written
             .lock()
-            .insert((namespace.to_string(), name.to_string()), None);
+            .entry(key)
+            .or_default()
+            .insert(name, Some(Arc::new(slice)));
+    }
+
+    fn note_deleted(&self, namespace: &str, service: &str, name: &str) {
+        self.written
+            .lock()
+            .entry((namespace.to_string(), service.to_string()))
+            .or_default()
+            .insert(name.to_string(), None);
     }
 }
 
@@ -792,11 +804,15 @@ pub(crate) fn on_slice(ctx: &Arc<Ctx>, old: Option<&EndpointSlice>, new: Option<
     let namespace = slice.metadata.namespace.clone().unwrap_or_default();
     if let Some(cur) = new {
         // Our own write coming back through the watch: nothing to do.
-        let key = (
-            namespace.clone(),
-            cur.metadata.name.clone().unwrap_or_default(),
-        );
-        if let Some(Some(ours)) = ctx.endpoints.written.lock().get(&key) {
+        let key = (namespace.clone(), service.clone());
+        let name = cur.metadata.name.clone().unwrap_or_default();
+        if let Some(Some(ours)) = ctx
+            .endpoints
+            .written
+            .lock()
+            .get(&key)
+            .and_then(|m| m.get(&name))
+        {
             if ours.metadata.resource_version == cur.metadata.resource_version {
                 return;
             }
@@ -828,9 +844,19 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
     .await;
 }
 
+fn service_of(slice: &EndpointSlice) -> Option<String> {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .cloned()
+}
+
 async fn apply_slices(
     ctx: &Ctx,
     namespace: &str,
+    service: &str,
     changes: SliceChanges,
 ) -> Result<(), kube::Error> {
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), namespace);
@@ -853,7 +879,7 @@ async fn apply_slices(
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e),
         }
-        ctx.endpoints.note_deleted(namespace, &name);
+        ctx.endpoints.note_deleted(namespace, service, &name);
     }
     Ok(())
 }
@@ -891,8 +917,8 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<(), kube::Error> {
         ..Default::default()
     };
     let Some(service) = service else {
-        apply_slices(ctx, namespace, delete_all(&ours)).await?;
-        apply_slices(ctx, namespace, delete_all(&mirrored)).await?;
+        apply_slices(ctx, namespace, name, delete_all(&ours)).await?;
+        apply_slices(ctx, namespace, name, delete_all(&mirrored)).await?;
         if let Some(ep) = current_ep {
             let managed = ep
                 .metadata
@@ -911,7 +937,7 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<(), kube::Error> {
     };
     let Some(selector) = service_selector(&service) else {
         // No selector: the user owns the Endpoints; mirror them.
-        apply_slices(ctx, namespace, delete_all(&ours)).await?;
+        apply_slices(ctx, namespace, name, delete_all(&ours)).await?;
         let changes = match current_ep {
             Some(ep)
                 if ep
@@ -926,9 +952,9 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<(), kube::Error> {
             }
             _ => delete_all(&mirrored),
         };
-        return apply_slices(ctx, namespace, changes).await;
+        return apply_slices(ctx, namespace, name, changes).await;
     };
-    apply_slices(ctx, namespace, delete_all(&mirrored)).await?;
+    apply_slices(ctx, namespace, name, delete_all(&mirrored)).await?;
     let pods: Vec<Arc<Pod>> = ctx
         .caches
         .pods
@@ -946,7 +972,7 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<(), kube::Error> {
         })
     };
     let changes = desired_endpoint_slices(&service, &pods, &zone_of, &ours);
-    apply_slices(ctx, namespace, changes).await?;
+    apply_slices(ctx, namespace, name, changes).await?;
 
     let mut desired = desired_endpoints(&service, &pods);
     desired
