@@ -871,6 +871,36 @@ impl Worker {
         }
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
+            // The latest pod, whether or not a change was already seen (a deletion may have arrived while
+            // the sandbox was being retried).
+            let current = updates.borrow_and_update().clone();
+            match current {
+                Some(pod) if pod.metadata.deletion_timestamp.is_none() => self.pod = pod,
+                Some(pod) => {
+                    self.pod = pod;
+                    let grace = self.grace();
+                    self.stop_all(grace).await;
+                    self.teardown().await;
+                    let params = DeleteParams {
+                        grace_period_seconds: Some(0),
+                        preconditions: Some(Preconditions {
+                            uid: Some(self.uid.clone()),
+                            resource_version: None,
+                        }),
+                        ..Default::default()
+                    };
+                    if let Err(err) = self.api().delete(&self.name, &params).await {
+                        tracing::warn!(pod = %self.name, %err, "final delete");
+                    }
+                    return;
+                }
+                None => {
+                    // Gone from the API (force-deleted): stop quickly and clean up.
+                    self.stop_all(Duration::from_secs(2)).await;
+                    self.teardown().await;
+                    return;
+                }
+            }
             let next_restart = self.containers.iter().filter_map(|c| c.restart_at).min();
             let sleep = async {
                 match next_restart {
@@ -885,31 +915,8 @@ impl Worker {
                     if changed.is_err() {
                         return;
                     }
-                    let current = updates.borrow_and_update().clone();
-                    match current {
-                        Some(pod) if pod.metadata.deletion_timestamp.is_none() => self.pod = pod,
-                        Some(pod) => {
-                            self.pod = pod;
-                            let grace = self.grace();
-                            self.stop_all(grace).await;
-                            self.teardown().await;
-                            let params = DeleteParams {
-                                grace_period_seconds: Some(0),
-                                preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
-                                ..Default::default()
-                            };
-                            if let Err(err) = self.api().delete(&self.name, &params).await {
-                                tracing::warn!(pod = %self.name, %err, "final delete");
-                            }
-                            return;
-                        }
-                        None => {
-                            // Gone from the API (force-deleted): stop quickly and clean up.
-                            self.stop_all(Duration::from_secs(2)).await;
-                            self.teardown().await;
-                            return;
-                        }
-                    }
+                    // Handled at the top of the loop.
+                    continue;
                 }
                 Some(msg) = self.rx.recv() => match msg {
                     Msg::Exited { idx, gen, code, signal } => self.on_exit(idx, gen, code, signal),
