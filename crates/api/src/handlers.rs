@@ -510,9 +510,7 @@ async fn dispatch(
     }
     let write_ns = || -> ApiResult<Option<String>> {
         if res.namespaced {
-            Ok(Some(
-                t.ns.clone().ok_or_else(|| ApiError::path_not_found())?,
-            ))
+            Ok(Some(t.ns.clone().ok_or_else(ApiError::path_not_found)?))
         } else {
             Ok(None)
         }

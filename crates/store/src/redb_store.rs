@@ -88,9 +88,11 @@ enum Op {
     },
 }
 
+type Reply = oneshot::Sender<Result<KeyValue, Error>>;
+
 struct Request {
     op: Op,
-    reply: oneshot::Sender<Result<KeyValue, Error>>,
+    reply: Reply,
 }
 
 struct Shared {
@@ -209,10 +211,7 @@ fn process_batch(db: &redb::Database, shared: &Shared, batch: Vec<Request>) {
     // Phase 1: decide every operation against memory + this batch's earlier effects.
     let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
     let mut rev = shared.state.read().revision;
-    let mut outcomes: Vec<(
-        oneshot::Sender<Result<KeyValue, Error>>,
-        Result<Event, Error>,
-    )> = Vec::new();
+    let mut outcomes: Vec<(Reply, Result<Event, Error>)> = Vec::new();
     {
         let state = shared.state.read();
         for Request { op, reply } in batch {

@@ -33,10 +33,10 @@ fn crash_child_writer() {
             let store = store.clone();
             let out = out.clone();
             tasks.push(tokio::spawn(async move {
-                for i in 0.. {
+                for i in 0u64.. {
                     let key = format!("/k/{w}/{i:08}");
                     store.create(&key, vec![b'x'; 200]).await.expect("create");
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         // Updates and deletes too: the final state must match what was acknowledged.
                         let kv = store.get(&key).await.expect("get").expect("present");
                         store
@@ -116,7 +116,7 @@ async fn kill_9_loses_no_acknowledged_write() {
         let v = present
             .get(key.as_str())
             .unwrap_or_else(|| panic!("acknowledged {key} lost ({} acked)", acked.len()));
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             assert_eq!(*v, b"updated", "{key}");
         }
     }
