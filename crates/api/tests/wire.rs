@@ -671,3 +671,25 @@ async fn fuzzed_bodies_never_crash() {
         Some("10.96.0.1")
     );
 }
+
+/// `--insecure-http`: plain HTTP, still token-authenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_http_still_needs_the_token() {
+    let s = TestServer::start_with(|c| c.tls = false)
+        .await
+        .expect("server");
+    assert!(s.url.starts_with("http://127.0.0.1:"), "{}", s.url);
+    let client = s.client().await.expect("client");
+    let svcs: Api<Service> = Api::namespaced(client, "default");
+    assert!(svcs.get("kubernetes").await.is_ok());
+    let url = format!("{}/api/v1/namespaces", s.url);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+}
