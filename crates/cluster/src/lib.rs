@@ -316,7 +316,8 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
         &client,
         &handle,
         &layout,
-        &agents,
+        &exe,
+        &mut agents,
         start + timeout,
         &progress,
     )
@@ -337,6 +338,8 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
         apply_demo(&client, &handle, &layout).await?;
         // Return when the user's first `curl` gets an answer: the demo's pods Ready (so they are endpoints).
         wait_pods_ready(&client, "default", "app=demoapp", 2, start + timeout).await?;
+        // ... and the Service path through the proxy is programmed: the ClusterIP answers HTTP.
+        wait_http(system::DEMO_CLUSTER_IP, start + timeout).await?;
         progress.done("demo deployed: 2 demoapp pods Ready");
     }
 
@@ -464,6 +467,34 @@ fn remove_from_user_kubeconfig(name: &str) {
     }
 }
 
+/// Waits until `http://<ip>/` answers with an HTTP status line (a GET over a plain TCP connection).
+async fn wait_http(ip: &str, deadline: Instant) -> Result<(), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = format!("{ip}:80");
+    loop {
+        let attempt = async {
+            let mut conn = tokio::net::TcpStream::connect(&addr).await?;
+            conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+            let mut buf = [0u8; 16];
+            let n = conn.read(&mut buf).await?;
+            Ok::<bool, std::io::Error>(buf[..n].starts_with(b"HTTP/1."))
+        };
+        let last = match tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) => "not an HTTP answer".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 500ms".to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!("http://{addr}/: {last}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How often `skiff up` restarts an agent that exits before its node is Ready.
+const AGENT_RESTARTS: u32 = 3;
+
 /// Waits for the server to write its kubeconfig and answer /readyz; fails early if it exits.
 async fn wait_server(layout: &Layout, pid: u32, deadline: Instant) -> Result<kube::Client, Error> {
     let kubeconfig = layout.kubeconfig();
@@ -536,12 +567,17 @@ fn node_ready(node: &Node) -> bool {
 }
 
 /// Waits until every node of the layout is Ready, installing each node's podCIDR route in the host as
-/// soon as the IPAM controller assigned it. Fails fast when an agent exits.
+/// soon as the IPAM controller assigned it. `skiff up` supervises the agents meanwhile as systemd does a
+/// kubelet (Restart=on-failure): an agent that exits is started again, at most [`AGENT_RESTARTS`] times, so
+/// that a transient API error at registration does not fail the whole cluster; beyond that, up fails with
+/// the agent's log.
+#[allow(clippy::too_many_arguments)]
 async fn wait_nodes(
     client: &kube::Client,
     handle: &rtnetlink::Handle,
     layout: &Layout,
-    agents: &BTreeMap<String, u32>,
+    exe: &Path,
+    agents: &mut BTreeMap<String, u32>,
     deadline: Instant,
     progress: &Progress,
 ) -> Result<(), Error> {
@@ -552,16 +588,36 @@ async fn wait_nodes(
         .map(|n| (n.name.as_str(), n.ip))
         .collect();
     let mut routed: BTreeSet<String> = BTreeSet::new();
+    let mut restarts: BTreeMap<String, u32> = BTreeMap::new();
     loop {
-        for (name, &pid) in agents {
-            if !procs::is_alive(pid) {
-                let log = layout.logs_dir().join(format!("{name}.log"));
+        for node in &layout.nodes {
+            let Some(&pid) = agents.get(&node.name) else {
+                continue;
+            };
+            if procs::is_alive(pid) {
+                continue;
+            }
+            let log = layout.agent_log(node);
+            let count = restarts.entry(node.name.clone()).or_default();
+            if *count >= AGENT_RESTARTS {
                 return Err(Error::Other(format!(
-                    "the agent of {name} exited; {}:\n{}",
+                    "the agent of {} exited {} times; {}:\n{}",
+                    node.name,
+                    *count + 1,
                     log.display(),
                     procs::log_tail(&log, 20)
                 )));
             }
+            *count += 1;
+            tracing::warn!(node = %node.name, restart = *count, log = %log.display(), "agent exited; starting it again");
+            let pid = procs::spawn_detached(
+                exe,
+                &layout.agent_args(node),
+                &log,
+                Some(&net::netns_path(&node.netns)),
+            )?;
+            procs::write_pid_file(&layout.agent_pid_file(node), pid)?;
+            agents.insert(node.name.clone(), pid);
         }
         let nodes = api
             .list(&ListParams::default())

@@ -8,6 +8,9 @@ use crate::Error;
 /// The demo manifests shipped under examples/ (the same file users can `kubectl apply -f`).
 pub const DEMO_MANIFESTS: &str = include_str!("../../../examples/demoapp.yaml");
 
+/// ClusterIP of the demo's `demoapp-svc` (pinned in the manifest, as in the seed).
+pub const DEMO_CLUSTER_IP: &str = "10.97.72.1";
+
 /// External IP of the demo's `demoapp-externalip-svc` (routed from the host to node-1 by `--demo`).
 pub const DEMO_EXTERNAL_IP: &str = "172.30.0.100";
 
@@ -112,6 +115,7 @@ mod tests {
         );
         assert_eq!(objs[2]["spec"]["ports"][0]["nodePort"], 31399);
         assert_eq!(objs[4]["spec"]["externalIPs"][0], DEMO_EXTERNAL_IP);
+        assert_eq!(objs[1]["spec"]["clusterIP"], DEMO_CLUSTER_IP);
         assert_eq!(
             objs[0]["spec"]["template"]["spec"]["containers"][0]["image"],
             "ikubernetes/demoapp:v1.0"
