@@ -147,6 +147,37 @@ impl TestCluster {
         in_netns(&self.node_netns(i), cmd)
     }
 
+    /// The network namespace of pod `namespace/name`, from the record its node's agent keeps
+    /// (`<node dir>/state/pods/<uid>/state.json`, field `netns`).
+    pub fn pod_netns(&self, namespace: &str, name: &str) -> Option<String> {
+        let out = self.kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            namespace,
+            name,
+            "-o",
+            "jsonpath={.metadata.uid} {.spec.nodeName}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (uid, node) = text.split_once(' ')?;
+        let index = node.strip_prefix("node-")?;
+        let record = self
+            .data_dir
+            .join(format!("nodes/{index}/state/pods/{uid}/state.json"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(record).ok()?).ok()?;
+        v["netns"].as_str().map(str::to_string)
+    }
+
+    /// A command inside pod `namespace/name`'s network namespace.
+    pub fn in_pod(&self, namespace: &str, name: &str, cmd: &[&str]) -> Output {
+        let netns = self
+            .pod_netns(namespace, name)
+            .unwrap_or_else(|| panic!("no network namespace recorded for pod {namespace}/{name}"));
+        in_netns(&netns, cmd)
+    }
+
     /// Everything of this cluster still present in the kernel or the process table.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
@@ -443,6 +474,22 @@ fn seed_004_demo_answers_on_every_service_type_from_the_host() {
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
     assert_eq!(pod_names.len(), 2, "{}", text(&pods));
+
+    // Inside each pod's network namespace, eth0 carries the pod IP kubectl shows.
+    for pod in &pod_names {
+        let ip = c.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
+        let ip = String::from_utf8_lossy(&ip.stdout).to_string();
+        let addrs = c.in_pod(
+            "default",
+            pod,
+            &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+        );
+        let addrs = String::from_utf8_lossy(&addrs.stdout).to_string();
+        assert!(
+            !ip.is_empty() && addrs.contains(&format!("inet {ip}/")),
+            "{pod}: podIP {ip:?}, eth0: {addrs}"
+        );
+    }
 
     // ClusterIP: every answer comes from one of the demo pods, and both pods answer.
     let mut seen = BTreeSet::new();
