@@ -138,6 +138,7 @@ pub async fn serve_snapshot(initial: Snapshot, options: &Options) -> Result<Runn
             addr: options.listen,
             source,
         })?;
+    metrics.set_server(format!("dns://:{}", dns_addr.port()));
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
         .await
         .map_err(|source| Error::Metrics {

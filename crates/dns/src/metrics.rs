@@ -45,7 +45,7 @@ pub enum Proto {
 
 #[derive(Debug)]
 pub struct Metrics {
-    server: String,
+    server: parking_lot::Mutex<String>,
     requests: [[AtomicU64; TYPES.len()]; 2],
     responses: [AtomicU64; RCODES.len() + 1],
     buckets: [[AtomicU64; BUCKETS]; TYPES.len()],
@@ -64,7 +64,7 @@ impl Metrics {
     /// `server` is CoreDNS's `server` label, e.g. `dns://:53`.
     pub fn new(server: String) -> Metrics {
         Metrics {
-            server,
+            server: parking_lot::Mutex::new(server),
             requests: [zeros(), zeros()],
             responses: zeros(),
             buckets: std::array::from_fn(|_| zeros()),
@@ -127,6 +127,11 @@ impl Metrics {
         self.loops.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Set the `server` label (once the listen port is known).
+    pub fn set_server(&self, server: String) {
+        *self.server.lock() = server;
+    }
+
     pub fn requests_total(&self) -> u64 {
         self.requests
             .iter()
@@ -137,7 +142,7 @@ impl Metrics {
 
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let s = &self.server;
+        let s = self.server.lock().clone();
         let mut out = String::new();
         out.push_str("# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.\n");
         out.push_str("# TYPE coredns_dns_requests_total counter\n");
