@@ -336,6 +336,15 @@ impl Proxier {
             return Err(e.into());
         }
         report.programming_latency = pending_since.map(|t| t.elapsed());
+        if report.full {
+            // A full sync at scale allocates a transient script and fragments of tens of MB; hand the freed
+            // memory back to the system instead of keeping it mapped for the agent's lifetime.
+            // SAFETY: malloc_trim has no preconditions; it only releases free heap pages.
+            #[cfg(target_env = "gnu")]
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         for f in flows {
             if let Err(e) = self.runner.conntrack_delete(&f).await {
                 tracing::warn!(error = %e, filter = ?f, "deleting stale UDP conntrack entries");
