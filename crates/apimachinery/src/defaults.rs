@@ -74,6 +74,7 @@ pub fn prepare_for_update(gk: GroupKind<'_>, obj: &mut Value, old: &Value) {
         .and_then(Value::as_str)
         .unwrap_or("ClusterIP")
         .to_string();
+    drop_type_dependent_fields(obj, &old_spec);
     let spec = child(obj, "spec");
     let new_type = spec
         .get("type")
@@ -125,6 +126,112 @@ pub fn prepare_for_update(gk: GroupKind<'_>, obj: &mut Value, old: &Value) {
         }
         if let Some(h) = old_spec.get("healthCheckNodePort").cloned() {
             set(spec, "healthCheckNodePort", h);
+        }
+    }
+}
+
+/// Upstream's `dropTypeDependentFields` (pkg/registry/core/service/strategy.go): when a Service's type changes to
+/// one that no longer uses a field the server may have filled in, and the update left that field as it was,
+/// wipe it (the allocator then releases node ports / the cluster IP). A field the user changed is kept so that
+/// validation can report it.
+fn drop_type_dependent_fields(obj: &mut Value, old_spec: &Value) {
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let ty = |v: &Value| match str_of(v, "type") {
+        t if t.is_empty() => "ClusterIP".to_string(),
+        t => t,
+    };
+    let needs_cluster_ip = |v: &Value| ty(v) != "ExternalName";
+    let needs_node_port = |v: &Value| matches!(ty(v).as_str(), "NodePort" | "LoadBalancer");
+    let needs_hc_node_port =
+        |v: &Value| ty(v) == "LoadBalancer" && str_of(v, "externalTrafficPolicy") == "Local";
+    let externally_accessible = |v: &Value| {
+        matches!(ty(v).as_str(), "NodePort" | "LoadBalancer")
+            || (ty(v) == "ClusterIP"
+                && v.get("externalIPs")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty()))
+    };
+    // null and absent are the same "unset" value
+    let same = |a: &Value, b: &Value, k: &str| {
+        let n = |v: &Value| v.get(k).filter(|x| !x.is_null()).cloned();
+        n(a) == n(b)
+    };
+    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    let new_spec = spec.clone();
+    let remove = |spec: &mut Value, k: &str| {
+        if let Some(m) = spec.as_object_mut() {
+            m.shift_remove(k);
+        }
+    };
+    if needs_cluster_ip(old_spec) && !needs_cluster_ip(&new_spec) {
+        let old_ips = old_spec.get("clusterIPs").filter(|x| !x.is_null());
+        let new_ips = new_spec.get("clusterIPs").filter(|x| !x.is_null());
+        let same_ips = str_of(old_spec, "clusterIP") == str_of(&new_spec, "clusterIP")
+            && (new_ips.is_none() || new_ips == old_ips);
+        if same_ips {
+            remove(spec, "clusterIP");
+            remove(spec, "clusterIPs");
+        }
+        for k in ["ipFamilies", "ipFamilyPolicy"] {
+            if same(old_spec, &new_spec, k) {
+                remove(spec, k);
+            }
+        }
+    }
+    if needs_node_port(old_spec) && !needs_node_port(&new_spec) {
+        let node_port = |p: &Value| p.get("nodePort").and_then(Value::as_i64).unwrap_or(0);
+        let old_ports: Vec<i64> = old_spec
+            .get("ports")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(node_port).filter(|n| *n != 0).collect())
+            .unwrap_or_default();
+        // sameNodePorts: every node port the update names is one the Service already had
+        let same_node_ports = new_spec
+            .get("ports")
+            .and_then(Value::as_array)
+            .is_none_or(|a| {
+                a.iter()
+                    .map(node_port)
+                    .all(|n| n == 0 || old_ports.contains(&n))
+            });
+        if same_node_ports {
+            for p in list_mut(spec, "ports") {
+                remove(p, "nodePort");
+            }
+        }
+    }
+    if needs_hc_node_port(old_spec)
+        && !needs_hc_node_port(&new_spec)
+        && same(old_spec, &new_spec, "healthCheckNodePort")
+    {
+        remove(spec, "healthCheckNodePort");
+    }
+    if ty(old_spec) == "LoadBalancer" && ty(&new_spec) != "LoadBalancer" {
+        let k = "allocateLoadBalancerNodePorts";
+        if old_spec.get(k).is_some_and(Value::is_boolean)
+            && new_spec.get(k).is_some_and(Value::is_boolean)
+            && same(old_spec, &new_spec, k)
+        {
+            remove(spec, k);
+        }
+        if same(old_spec, &new_spec, "loadBalancerClass") {
+            remove(spec, "loadBalancerClass");
+        }
+    }
+    if externally_accessible(old_spec)
+        && !externally_accessible(&new_spec)
+        && same(old_spec, &new_spec, "externalTrafficPolicy")
+    {
+        remove(spec, "externalTrafficPolicy");
+    }
+    // the load balancer's status no longer applies
+    if ty(&new_spec) != "LoadBalancer" {
+        if let Some(st) = obj.get_mut("status").filter(|s| s.is_object()) {
+            if st.get("loadBalancer").is_some() {
+                st["loadBalancer"] = json!({});
+            }
         }
     }
 }
@@ -761,6 +868,65 @@ mod tests {
         );
         assert_eq!(new["metadata"]["uid"], json!("u1"));
         assert!(crate::validation::validate(gk, &new, Some(&old)).is_empty());
+    }
+
+    #[test]
+    fn type_change_drops_node_ports_and_traffic_policy() {
+        let gk = GroupKind {
+            group: "",
+            kind: "Service",
+        };
+        let old = defaulted(
+            "",
+            "Service",
+            json!({"metadata": {"name": "s"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.9", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 32000, "ports": [{"port": 80, "nodePort": 31399}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}),
+        );
+        // a merge patch `{"spec":{"type":"ClusterIP"}}` keeps everything else of the live object
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ClusterIP");
+        prepare_for_update(gk, &mut new, &old);
+        apply_defaults(gk, &mut new);
+        assert_eq!(
+            new["spec"],
+            json!({"type": "ClusterIP", "clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9"],
+                   "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}],
+                   "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+                   "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"})
+        );
+        assert_eq!(new["status"], json!({"loadBalancer": {}}));
+        assert_eq!(
+            crate::validation::validate(gk, &new, Some(&old)),
+            Vec::<crate::Cause>::new()
+        );
+
+        // a node port the user changed in the same update is kept (validation reports it)
+        let mut changed = old.clone();
+        changed["spec"]["type"] = json!("ClusterIP");
+        changed["spec"]["ports"][0]["nodePort"] = json!(31400);
+        prepare_for_update(gk, &mut changed, &old);
+        assert_eq!(changed["spec"]["ports"][0]["nodePort"], json!(31400));
+
+        // ClusterIP -> ExternalName gives up the cluster IP
+        let cip = defaulted(
+            "",
+            "Service",
+            json!({"metadata": {"name": "s"}, "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}}),
+        );
+        let mut en = cip.clone();
+        en["spec"]["type"] = json!("ExternalName");
+        en["spec"]["externalName"] = json!("example.com");
+        prepare_for_update(gk, &mut en, &cip);
+        apply_defaults(gk, &mut en);
+        assert_eq!(en["spec"].get("clusterIP"), None);
+        assert_eq!(en["spec"].get("clusterIPs"), None);
+        assert_eq!(en["spec"].get("ipFamilies"), None);
+        assert_eq!(
+            crate::validation::validate(gk, &en, Some(&cip)),
+            Vec::<crate::Cause>::new()
+        );
     }
 
     #[test]
