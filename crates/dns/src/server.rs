@@ -33,8 +33,11 @@ pub struct DnsServer {
 struct ResponseCache {
     /// The snapshot the entries were computed from (held, so its address cannot be reused by a newer one).
     snapshot: Option<Arc<Snapshot>>,
-    entries: std::collections::HashMap<(Proto, Box<[u8]>), Box<[u8]>>,
+    entries: CacheMap,
 }
+
+/// (transport, request bytes after the id) → response bytes after the id.
+type CacheMap = std::collections::HashMap<(Proto, Box<[u8]>), Box<[u8]>>;
 
 impl ResponseCache {
     fn is_for(&self, snap: &Arc<Snapshot>) -> bool {
@@ -49,7 +52,7 @@ const CACHE_ENTRIES: usize = 65_536;
 enum Local {
     Reply(Vec<u8>),
     Drop,
-    Forward(Box<Message>, Answer),
+    Forward(Box<Message>, Box<Answer>),
 }
 
 impl DnsServer {
@@ -100,7 +103,7 @@ impl DnsServer {
         let snap = self.snapshot.load();
         let ans = answer(&snap, &request);
         if ans.forward != Forward::None {
-            return Local::Forward(request, ans);
+            return Local::Forward(request, Box::new(ans));
         }
         let reply = self.finish(&request, &ans.message, proto, start);
         if reply.len() >= 12 && bytes.len() >= 12 {
@@ -211,7 +214,7 @@ impl DnsServer {
         match self.handle_local(bytes, proto, start) {
             Local::Reply(r) => Some(r),
             Local::Drop => None,
-            Local::Forward(req, ans) => Some(self.complete_forward(&req, ans, proto, start).await),
+            Local::Forward(req, ans) => Some(self.complete_forward(&req, *ans, proto, start).await),
         }
     }
 }
@@ -237,7 +240,7 @@ pub async fn serve_udp(server: Arc<DnsServer>, socket: Arc<UdpSocket>) -> std::i
                 let server = server.clone();
                 let socket = socket.clone();
                 tokio::spawn(async move {
-                    let r = server.complete_forward(&req, ans, Proto::Udp, start).await;
+                    let r = server.complete_forward(&req, *ans, Proto::Udp, start).await;
                     let _ = socket.send_to(&r, peer).await;
                 });
             }

@@ -13,9 +13,9 @@ use crate::convert::{service_spec, slice_spec};
 use crate::model::{Snapshot, SnapshotBuilder};
 
 enum Update {
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
-    Namespace(Event<PartialObjectMeta<Namespace>>),
+    Service(Box<Event<Service>>),
+    Slice(Box<Event<EndpointSlice>>),
+    Namespace(Box<Event<PartialObjectMeta<Namespace>>>),
 }
 
 fn unix_serial() -> u32 {
@@ -39,7 +39,7 @@ fn ns_name(k: &PartialObjectMeta<Namespace>) -> Option<String> {
 
 fn apply(builder: &mut SnapshotBuilder, relist: &mut Relist, update: Update) {
     match update {
-        Update::Service(ev) => match ev {
+        Update::Service(ev) => match *ev {
             Event::Apply(s) => {
                 if let Some(spec) = service_spec(&s) {
                     builder.apply_service(spec);
@@ -63,7 +63,7 @@ fn apply(builder: &mut SnapshotBuilder, relist: &mut Relist, update: Update) {
                 relist.synced[0] = true;
             }
         },
-        Update::Slice(ev) => match ev {
+        Update::Slice(ev) => match *ev {
             Event::Apply(s) => {
                 if let Some(spec) = slice_spec(&s) {
                     builder.apply_slice(spec);
@@ -87,7 +87,7 @@ fn apply(builder: &mut SnapshotBuilder, relist: &mut Relist, update: Update) {
                 relist.synced[1] = true;
             }
         },
-        Update::Namespace(ev) => match ev {
+        Update::Namespace(ev) => match *ev {
             Event::Apply(n) => {
                 if let Some(name) = ns_name(&n) {
                     builder.apply_namespace(&name.to_ascii_lowercase());
@@ -120,13 +120,13 @@ pub async fn watch(client: kube::Client, mut builder: SnapshotBuilder, publish: 
     let config = watcher::Config::default();
     let services = watcher::watcher(Api::<Service>::all(client.clone()), config.clone())
         .default_backoff()
-        .map(|r| r.map(Update::Service));
+        .map(|r| r.map(|e| Update::Service(Box::new(e))));
     let slices = watcher::watcher(Api::<EndpointSlice>::all(client.clone()), config.clone())
         .default_backoff()
-        .map(|r| r.map(Update::Slice));
+        .map(|r| r.map(|e| Update::Slice(Box::new(e))));
     let namespaces = watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client), config)
         .default_backoff()
-        .map(|r| r.map(Update::Namespace));
+        .map(|r| r.map(|e| Update::Namespace(Box::new(e))));
     let mut stream =
         futures::stream::select_all(vec![services.boxed(), slices.boxed(), namespaces.boxed()]);
     let mut relist = Relist::default();
