@@ -40,7 +40,25 @@ pub fn dns_deployment(replicas: i32) -> Value {
                             {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
                             {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}
-                        ]
+                        ],
+                        // As CoreDNS's kubeadm Deployment: the metrics port answers /ready with 503 until the
+                        // first sync from the API (so the pod joins kube-dns only once it can answer), and
+                        // /health while the process serves.
+                        "readinessProbe": {
+                            "httpGet": {"path": "/ready", "port": 9153, "scheme": "HTTP"},
+                            "periodSeconds": 1,
+                            "timeoutSeconds": 1,
+                            "successThreshold": 1,
+                            "failureThreshold": 3
+                        },
+                        "livenessProbe": {
+                            "httpGet": {"path": "/health", "port": 9153, "scheme": "HTTP"},
+                            "initialDelaySeconds": 60,
+                            "periodSeconds": 10,
+                            "timeoutSeconds": 5,
+                            "successThreshold": 1,
+                            "failureThreshold": 5
+                        }
                     }]
                 }
             }
@@ -132,6 +150,30 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("skiff/dns"));
         // The image catalog adds `--kubeconfig`; the Deployment must not repeat it.
         assert_eq!(c.args, None);
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/ready"));
+        assert_eq!(
+            ready.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9153)
+        );
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(live.path.as_deref(), Some("/health"));
+        assert_eq!(
+            live.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9153)
+        );
         let s: k8s_openapi::api::core::v1::Service =
             serde_json::from_value(dns_service("10.96.0.10")).unwrap();
         let ports: Vec<String> = s
