@@ -35,6 +35,14 @@ pub struct Ctx {
     alloc: parking_lot::Mutex<Allocators>,
     advertise: IpAddr,
     port: u16,
+    /// Becomes true (or its sender goes away) when the server shuts down: connections and watch streams end so
+    /// that the store is released.
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves once `stop` says the server is shutting down (or its sender was dropped).
+pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 impl Ctx {
@@ -43,6 +51,7 @@ impl Ctx {
         token: String,
         cfg: &ServerConfig,
         port: u16,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<Self>, Error> {
         let mut alloc = Allocators::new(cfg.service_cidr, cfg.node_ports.clone());
         let svc = registry::find("", "v1", "services")
@@ -59,16 +68,20 @@ impl Ctx {
             alloc: parking_lot::Mutex::new(alloc),
             advertise: cfg.advertise_address,
             port,
+            stop,
         }))
     }
 }
 
+/// Accept connections until shutdown; then every connection (idle keep-alive ones too) is closed and the
+/// returned future completes once their tasks have ended, so nothing of this server holds the store any more.
 pub async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<Ctx>,
-    shutdown: Arc<tokio::sync::Notify>,
 ) {
+    let stop = ctx.stop.clone();
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -79,40 +92,63 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            _ = shutdown.notified() => return,
+            // reap finished connection tasks so the set does not grow
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = stopped(stop.clone()) => break,
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(ctx, req).await) }
-            });
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let stop = stop.clone();
+        conns.spawn(async move {
             let r = match tls {
-                Some(acc) => match acc.accept(stream).await {
-                    Ok(s) => {
-                        builder
-                            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), svc)
-                            .await
+                Some(acc) => {
+                    let s = tokio::select! {
+                        s = acc.accept(stream) => s,
+                        _ = stopped(stop.clone()) => return,
+                    };
+                    match s {
+                        Ok(s) => serve_conn(s, ctx, stop).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
-                None => {
-                    builder
-                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await
                 }
+                None => serve_conn(stream, ctx, stop).await,
             };
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
+    }
+    drop(listener);
+    drop(ctx);
+    // Connection tasks see the same stop signal and end promptly (dropping their connection closes it).
+    while conns.join_next().await.is_some() {}
+    tracing::debug!("API server stopped");
+}
+
+/// Serve HTTP on one connection until the client goes away or the server stops (the connection is then
+/// dropped: in-flight watch responses end and the client reconnects elsewhere).
+async fn serve_conn<I>(
+    io: I,
+    ctx: Arc<Ctx>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+    });
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::select! {
+        r = conn => r,
+        _ = stopped(stop) => Ok(()),
     }
 }
 
@@ -597,7 +633,7 @@ struct Filters {
 }
 
 impl Filters {
-    fn from_query(q: &Query) -> ApiResult<Self> {
+    fn from_query(q: &Query, res: &Resource) -> ApiResult<Self> {
         let labels = selector::LabelSelector::parse(
             q.get("labelSelector").map(|s| s.as_str()).unwrap_or(""),
         )
@@ -606,6 +642,10 @@ impl Filters {
             q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""),
         )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // upstream rejects field labels the kind does not index: 400 `field label not supported: foo`
+        fields
+            .check_supported(res.gk())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let empty = q.get("labelSelector").is_none_or(|s| s.trim().is_empty())
             && q.get("fieldSelector").is_none_or(|s| s.trim().is_empty());
         Ok(Self {
@@ -637,7 +677,7 @@ async fn list(
     q: &Query,
     h: &HeaderMap,
 ) -> ApiResult<Response<Body>> {
-    let filters = Filters::from_query(q)?;
+    let filters = Filters::from_query(q, res)?;
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
     let start_after = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
@@ -925,6 +965,14 @@ impl WriteOpts {
 
 /// fieldValidation: Strict → 400 listing unknown fields; Warn → warnings; Ignore → nothing.
 fn check_fields(res: &Resource, obj: &Value, opts: &WriteOpts) -> ApiResult<Vec<String>> {
+    // A field of the wrong JSON type cannot be decoded at all: 400 whatever fieldValidation says (upstream).
+    if let Some(e) = validation::decode_error(res.gk(), obj) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+            kind = res.kind,
+            v = res.version
+        )));
+    }
     if opts.validation == "Ignore" {
         return Ok(Vec::new());
     }
@@ -1248,6 +1296,9 @@ async fn finish_update(
             labels["kubernetes.io/metadata.name"] = json!(name);
         }
     }
+    // Keep allocated values an update omits and drop the ones a type change no longer uses (upstream's
+    // PrepareForUpdate + patchAllocatedValues), before defaulting and validation.
+    defaults::prepare_for_update(res.gk(), &mut new, &old);
     defaults::apply_defaults(res.gk(), &mut new);
     let old_gen = meta(&old)["generation"].as_i64().unwrap_or(1);
     let gen = if spec_part(&new) != spec_part(&old) {
@@ -1335,17 +1386,23 @@ async fn put(
 ) -> ApiResult<(Value, u16, Vec<String>)> {
     let opts = WriteOpts::from_query(q, "unknown")?;
     if sub == Some("scale") {
-        let cur = get_kv(ctx, res, ns, name).await?;
         let rv = meta(&obj)["resourceVersion"]
             .as_str()
             .unwrap_or("")
             .to_string();
-        if !rv.is_empty() && rv != cur.mod_revision.to_string() {
-            return Err(ApiError::stale(res.group, res.plural, name));
+        for _attempt in 0..UPDATE_ATTEMPTS {
+            let cur = get_kv(ctx, res, ns, name).await?;
+            if !rv.is_empty() && rv != cur.mod_revision.to_string() {
+                return Err(ApiError::stale(res.group, res.plural, name));
+            }
+            match scale_write(ctx, res, ns, name, cur, &obj, &opts).await? {
+                Some(v) => return Ok((v, 200, Vec::new())),
+                // without a resourceVersion the write is unconditional: re-read and retry
+                None if rv.is_empty() => continue,
+                None => return Err(ApiError::stale(res.group, res.plural, name)),
+            }
         }
-        return scale_write(ctx, res, ns, name, cur, &obj, &opts)
-            .await
-            .map(|v| (v, 200, Vec::new()));
+        return Err(ApiError::stale(res.group, res.plural, name));
     }
     check_type(res, &mut obj)?;
     let warnings = check_fields(res, &obj, &opts)?;
@@ -1355,19 +1412,30 @@ async fn put(
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
         )));
     }
-    let cur = get_kv(ctx, res, ns, name).await?;
     let rv = meta(&obj)["resourceVersion"]
         .as_str()
         .unwrap_or("")
         .to_string();
-    if !rv.is_empty() && rv != cur.mod_revision.to_string() {
-        return Err(ApiError::stale(res.group, res.plural, name));
+    // A PUT without a resourceVersion is an unconditional update (upstream's AllowUnconditionalUpdate): when
+    // another writer gets in between our read and our CAS, re-read and write again. Only a PUT that pins a
+    // resourceVersion that is no longer current gets 409.
+    for _attempt in 0..UPDATE_ATTEMPTS {
+        let cur = get_kv(ctx, res, ns, name).await?;
+        if !rv.is_empty() && rv != cur.mod_revision.to_string() {
+            return Err(ApiError::stale(res.group, res.plural, name));
+        }
+        match finish_update(ctx, res, ns, name, &cur, obj.clone(), sub, &opts, false).await? {
+            UpdateOutcome::Written(v) => return Ok((v, 200, warnings)),
+            UpdateOutcome::Stale if rv.is_empty() => continue,
+            UpdateOutcome::Stale => return Err(ApiError::stale(res.group, res.plural, name)),
+        }
     }
-    match finish_update(ctx, res, ns, name, &cur, obj, sub, &opts, false).await? {
-        UpdateOutcome::Written(v) => Ok((v, 200, warnings)),
-        UpdateOutcome::Stale => Err(ApiError::stale(res.group, res.plural, name)),
-    }
+    Err(ApiError::stale(res.group, res.plural, name))
 }
+
+/// How often a write without a resourceVersion re-reads and retries after losing a CAS race (upstream's
+/// GuaranteedUpdate loops until it wins; a bound keeps a pathological hot object from pinning a request).
+const UPDATE_ATTEMPTS: usize = 32;
 
 fn to_scale(v: &Value) -> Value {
     let m = meta(v);
@@ -1400,13 +1468,14 @@ async fn scale_write(
     cur: KeyValue,
     scale: &Value,
     opts: &WriteOpts,
-) -> ApiResult<Value> {
+) -> ApiResult<Option<Value>> {
     let replicas = scale["spec"]["replicas"].as_i64().unwrap_or(0);
     let mut obj = from_kv(&cur)?;
     obj["spec"]["replicas"] = json!(replicas);
     match finish_update(ctx, res, ns, name, &cur, obj, None, opts, false).await? {
-        UpdateOutcome::Written(v) => Ok(to_scale(&v)),
-        UpdateOutcome::Stale => Err(ApiError::stale(res.group, res.plural, name)),
+        UpdateOutcome::Written(v) => Ok(Some(to_scale(&v))),
+        // `cur` changed under us; the caller decides whether to retry
+        UpdateOutcome::Stale => Ok(None),
     }
 }
 
@@ -1447,7 +1516,8 @@ async fn patch_obj(
     let gk = res.gk();
     let now = now_rfc3339();
     let mut warnings = Vec::new();
-    for _attempt in 0..8 {
+    let explicit_rv = patch_sets_resource_version(&mt, &patch_doc);
+    for _attempt in 0..UPDATE_ATTEMPTS {
         let cur = match ctx.store.get(&res.key(ns, name)).await? {
             Some(kv) => kv,
             None if ssa && sub.is_none() => {
@@ -1461,7 +1531,7 @@ async fn patch_obj(
                     )));
                 }
                 let obj = apply::server_side_apply(gk, None, &applied, &opts.manager, force, &now)
-                    .map_err(apply_err(res, name))?;
+                    .map_err(apply_err(res, name, None))?;
                 let v = create_prepared(ctx, res, ns, obj, &opts, Some(())).await?;
                 return Ok((v, 201, warnings));
             }
@@ -1479,24 +1549,28 @@ async fn patch_obj(
                 &scale,
                 &patch_doc,
             )?;
-            let v = scale_write(ctx, res, ns, name, cur, &patched, &opts).await?;
-            return Ok((v, 200, warnings));
+            let pinned = pinned_rv(explicit_rv, &patched);
+            if !pinned.is_empty() && pinned != cur.mod_revision.to_string() {
+                return Err(ApiError::stale(res.group, res.plural, name));
+            }
+            match scale_write(ctx, res, ns, name, cur, &patched, &opts).await? {
+                Some(v) => return Ok((v, 200, warnings)),
+                None if pinned.is_empty() => continue,
+                None => return Err(ApiError::stale(res.group, res.plural, name)),
+            }
         }
         let new = if ssa {
             let mut applied = patch_doc.clone();
             check_type(res, &mut applied)?;
             warnings = check_fields(res, &applied, &opts)?;
             apply::server_side_apply(gk, Some(&live), &applied, &opts.manager, force, &now)
-                .map_err(apply_err(res, name))?
+                .map_err(apply_err(res, name, Some(&live)))?
         } else {
             let new = apply_patch_doc(&mt, gk, &live, &patch_doc)?;
             warnings = check_fields(res, &new, &opts)?;
             new
         };
-        let pinned = meta(&new)["resourceVersion"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
+        let pinned = pinned_rv(explicit_rv, &new);
         if !pinned.is_empty() && pinned != cur.mod_revision.to_string() {
             return Err(ApiError::stale(res.group, res.plural, name));
         }
@@ -1507,6 +1581,34 @@ async fn patch_obj(
         }
     }
     Err(ApiError::stale(res.group, res.plural, name))
+}
+
+/// Whether the patch itself names a resourceVersion (a precondition, upstream: 409 when stale). The patched
+/// object always carries the live one, which must not count: without it the patch is retried on conflict.
+fn patch_sets_resource_version(mt: &str, doc: &Value) -> bool {
+    if mt == "application/json-patch+json" {
+        doc.as_array().is_some_and(|ops| {
+            ops.iter().any(|op| {
+                op["path"]
+                    .as_str()
+                    .is_some_and(|p| p == "/metadata/resourceVersion" || p == "/metadata")
+            })
+        })
+    } else {
+        doc.pointer("/metadata/resourceVersion")
+            .is_some_and(|v| !v.is_null())
+    }
+}
+
+/// The resourceVersion a patch pins (empty when it pins none).
+fn pinned_rv(explicit: bool, patched: &Value) -> String {
+    if !explicit {
+        return String::new();
+    }
+    meta(patched)["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn apply_patch_doc(mt: &str, gk: GroupKind<'_>, live: &Value, doc: &Value) -> ApiResult<Value> {
@@ -1521,22 +1623,15 @@ fn apply_patch_doc(mt: &str, gk: GroupKind<'_>, live: &Value, doc: &Value) -> Ap
     })
 }
 
-fn apply_err<'a>(res: &'a Resource, name: &'a str) -> impl Fn(apply::ApplyError) -> ApiError + 'a {
+fn apply_err<'a>(
+    res: &'a Resource,
+    name: &'a str,
+    live: Option<&'a Value>,
+) -> impl Fn(apply::ApplyError) -> ApiError + 'a {
     move |e| match e {
         apply::ApplyError::Conflicts(cs) => {
-            let lines: Vec<String> = cs
-                .iter()
-                .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
-                .collect();
-            let msg = if cs.len() == 1 {
-                format!("Apply failed with 1 conflict: {}", lines.join(""))
-            } else {
-                format!(
-                    "Apply failed with {} conflicts: {}",
-                    cs.len(),
-                    lines.join("\n")
-                )
-            };
+            // upstream names Update managers with their apiVersion (`... using apps/v1: .spec.replicas`)
+            let msg = apply::conflict_message(&cs, live);
             let causes: Vec<Value> = cs
                 .iter()
                 .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
@@ -1548,6 +1643,41 @@ fn apply_err<'a>(res: &'a Resource, name: &'a str) -> impl Fn(apply::ApplyError)
             e
         }
         apply::ApplyError::Invalid(m) => ApiError::bad_request(m),
+    }
+}
+
+/// What upstream's binding REST does to the pod besides spec.nodeName (`setPodHostAndAnnotations`): copy the
+/// Binding's annotations and mark the pod `PodScheduled=True` (a condition already True keeps its transition
+/// time, as `UpdatePodCondition`).
+fn set_pod_scheduled(pod: &mut Value, binding: &Value, now: &str) {
+    if let Some(ann) = binding["metadata"]["annotations"].as_object() {
+        let m = meta_mut(pod);
+        let pa = m.entry("annotations").or_insert_with(|| json!({}));
+        if !pa.is_object() {
+            *pa = json!({});
+        }
+        for (k, v) in ann {
+            pa[k] = v.clone();
+        }
+    }
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    let status = &mut pod["status"];
+    if !status["conditions"].is_array() {
+        status["conditions"] = json!([]);
+    }
+    let mut cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+    if let Some(conds) = status["conditions"].as_array_mut() {
+        match conds.iter_mut().find(|c| c["type"] == "PodScheduled") {
+            Some(c) => {
+                if c["status"] == "True" && c["lastTransitionTime"].is_string() {
+                    cond["lastTransitionTime"] = c["lastTransitionTime"].clone();
+                }
+                *c = cond;
+            }
+            None => conds.push(cond),
+        }
     }
 }
 
@@ -1594,6 +1724,7 @@ async fn bind_pod(
             ));
         }
         pod["spec"]["nodeName"] = json!(node);
+        set_pod_scheduled(&mut pod, binding, &now_rfc3339());
         if opts.dry_run {
             break;
         }
@@ -1825,7 +1956,7 @@ async fn delete_collection(
     body: &[u8],
 ) -> ApiResult<Response<Body>> {
     let opts = delete_options(q, body)?;
-    let filters = Filters::from_query(q)?;
+    let filters = Filters::from_query(q, res)?;
     let (items, rev, _, _) = list_filtered(ctx, &res.ns_prefix(ns), &filters, None, 0).await?;
     let mut deleted = Vec::new();
     for v in items {
@@ -1853,7 +1984,7 @@ async fn watch(
     q: &Query,
     h: &HeaderMap,
 ) -> ApiResult<Response<Body>> {
-    let filters = Filters::from_query(q)?;
+    let filters = Filters::from_query(q, res)?;
     let table = wants_table(h);
     let bookmarks = qbool(q, "allowWatchBookmarks");
     let timeout = q
@@ -1907,6 +2038,7 @@ async fn watch(
     let kind = res.kind;
     let api_version = res.api_version();
     let q = q.clone();
+    let stop = ctx.stop.clone();
     tokio::spawn(async move {
         let mut first_table = true;
         let encode = |ty: &str, obj: Value, first: &mut bool| -> Bytes {
@@ -1962,6 +2094,8 @@ async fn watch(
                 }
                 _ = tokio::time::sleep_until(sleep_until) => return,
                 _ = tx.closed() => return,
+                // server shutdown: end the stream (drops the store watcher)
+                _ = stopped(stop.clone()) => return,
             }
         }
     });

@@ -137,26 +137,51 @@ pub struct ApiServer {
     /// PEM of the CA that signed the serving certificate (None with plain HTTP).
     pub ca_pem: Option<String>,
     task: Option<tokio::task::JoinHandle<()>>,
-    shutdown: Arc<tokio::sync::Notify>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiServer {
-    /// Run until the process ends (or `shutdown` is called from a clone of the notifier).
+    /// Run until the process ends (or `shutdown` is called).
     pub async fn wait(mut self) {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
     }
-    /// Stop accepting connections.
+    /// Stop: no new connections, and every open one (watches and idle keep-alive connections too) is closed,
+    /// so the store is released shortly after and a new server may open the same data dir (`serve` waits
+    /// for that briefly). Clients reconnect on their next request.
     pub fn shutdown(&self) {
-        self.shutdown.notify_waiters();
+        self.stop.send_replace(true);
+    }
+    /// `shutdown` and wait until the server's connections have ended.
+    pub async fn stop(mut self) {
+        self.shutdown();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
     }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        if let Some(t) = &self.task {
-            t.abort();
+        // Tell connection and watch tasks to end (they are not children of the accept task).
+        self.stop.send_replace(true);
+    }
+}
+
+/// Retry `f` while it fails with an error `busy` recognizes (a previous server in this process still letting
+/// go of the port or the store), for up to 5 seconds.
+async fn retry_busy<T, E>(
+    mut f: impl FnMut() -> Result<T, E>,
+    busy: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(e) if busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            r => return r,
         }
     }
 }
@@ -165,21 +190,40 @@ impl Drop for ApiServer {
 pub async fn serve(config: ServerConfig) -> Result<ApiServer, Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
-    let store = skiff_store::RedbStore::open(
-        &config.data_dir.join("store.redb"),
-        skiff_store::RedbOptions {
-            history_window: config.history_window,
-            ..Default::default()
+    let store = retry_busy(
+        || {
+            skiff_store::RedbStore::open(
+                &config.data_dir.join("store.redb"),
+                skiff_store::RedbOptions {
+                    history_window: config.history_window,
+                    ..Default::default()
+                },
+            )
         },
-    )?;
+        |e| matches!(e, skiff_store::Error::Backend(m) if m.contains("already open")),
+    )
+    .await?;
     let store: Arc<dyn skiff_store::Store> = Arc::new(store);
     let token = match &config.token {
         Some(t) => t.clone(),
         None => pki::load_or_create_token(&config.data_dir)?,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(io_err(format!("listening on {}", config.listen)))?;
+    let listener = retry_busy(
+        || {
+            let sock = if config.listen.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            // as tokio's bind: connections this process closed (TIME_WAIT) must not block a restart
+            sock.set_reuseaddr(true)?;
+            sock.bind(config.listen)?;
+            sock.listen(1024)
+        },
+        |e| e.kind() == std::io::ErrorKind::AddrInUse && config.listen.port() != 0,
+    )
+    .await
+    .map_err(io_err(format!("listening on {}", config.listen)))?;
     let local_addr = listener.local_addr().map_err(io_err("local address"))?;
     let host_ip = if local_addr.ip().is_unspecified() || local_addr.ip().is_loopback() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -216,17 +260,12 @@ pub async fn serve(config: ServerConfig) -> Result<ApiServer, Error> {
         &token,
     )?;
 
-    let ctx = handlers::Ctx::new(store, token.clone(), &config, local_addr.port()).await?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let ctx = handlers::Ctx::new(store, token.clone(), &config, local_addr.port(), stop_rx).await?;
     handlers::bootstrap(&ctx).await?;
     tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), "API server listening");
 
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-    let task = tokio::spawn(handlers::accept_loop(
-        listener,
-        acceptor,
-        ctx,
-        shutdown.clone(),
-    ));
+    let task = tokio::spawn(handlers::accept_loop(listener, acceptor, ctx));
     Ok(ApiServer {
         url,
         local_addr,
@@ -235,6 +274,6 @@ pub async fn serve(config: ServerConfig) -> Result<ApiServer, Error> {
         token,
         ca_pem,
         task: Some(task),
-        shutdown,
+        stop,
     })
 }
