@@ -82,25 +82,50 @@ fn kube_dns_ip(c: &TestCluster) -> String {
     ip
 }
 
-/// `dig` from inside pod `ns/pod` against the cluster DNS; returns the whole printed reply.
-fn dig(c: &TestCluster, ns: &str, pod: &str, dns: &str, name: &str, qtype: &str) -> String {
-    let server = format!("@{dns}");
-    let out = c.in_pod(
-        ns,
-        pod,
-        &[
-            "dig", "+tries=1", "+time=2", "+nocmd", "+nostats", &server, name, qtype,
-        ],
-    );
-    stdout(&out)
+/// A `dig` client bound to one pod's network namespace (looked up once) and the cluster DNS address.
+struct Dig {
+    netns: String,
+    server: String,
 }
 
-/// The records of the answer section as `name ttl class type data` with single spaces.
-fn answers(reply: &str) -> Vec<String> {
+impl Dig {
+    fn new(c: &TestCluster, ns: &str, pod: &str, dns: &str) -> Dig {
+        let netns = c
+            .pod_netns(ns, pod)
+            .unwrap_or_else(|| panic!("no network namespace recorded for pod {ns}/{pod}"));
+        Dig {
+            netns,
+            server: format!("@{dns}"),
+        }
+    }
+
+    /// The whole printed reply of `dig <name> <qtype>` (plus extra flags such as `+tcp`).
+    fn query(&self, name: &str, qtype: &str, extra: &[&str]) -> String {
+        let mut cmd = vec![
+            "dig",
+            "+tries=1",
+            "+time=2",
+            "+nocmd",
+            "+nostats",
+            &self.server,
+            name,
+            qtype,
+        ];
+        cmd.extend_from_slice(extra);
+        stdout(&in_netns(&self.netns, &cmd))
+    }
+
+    fn q(&self, name: &str, qtype: &str) -> String {
+        self.query(name, qtype, &[])
+    }
+}
+
+/// The records of a reply section as `name ttl class type data` with single spaces.
+fn section(reply: &str, title: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut inside = false;
     for line in reply.lines() {
-        if line.starts_with(";; ANSWER SECTION:") {
+        if line.starts_with(&format!(";; {title} SECTION:")) {
             inside = true;
             continue;
         }
@@ -114,6 +139,10 @@ fn answers(reply: &str) -> Vec<String> {
     out
 }
 
+fn answers(reply: &str) -> Vec<String> {
+    section(reply, "ANSWER")
+}
+
 fn rcode(reply: &str) -> String {
     reply
         .split("status: ")
@@ -123,9 +152,9 @@ fn rcode(reply: &str) -> String {
         .to_string()
 }
 
-/// Answer records with the TTL column dropped (TTL checked separately).
-fn records(reply: &str) -> Vec<String> {
-    answers(reply)
+/// Records with the TTL column dropped (TTLs are checked separately).
+fn without_ttl(lines: Vec<String>) -> Vec<String> {
+    lines
         .iter()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
@@ -134,6 +163,18 @@ fn records(reply: &str) -> Vec<String> {
             v.join(" ")
         })
         .collect()
+}
+
+/// Answer records without TTL, sorted (the order of equal-rank records is not specified).
+fn records(reply: &str) -> Vec<String> {
+    let mut r = without_ttl(answers(reply));
+    r.sort();
+    r
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
 }
 
 fn demoapp_pod(ns: &str, name: &str, node: &str, app: &str) -> String {
@@ -199,8 +240,10 @@ spec:
     )
 }
 
-/// Issue 6: the record matrix with `dig` from a pod, then the pod's own resolver (resolv.conf search path,
-/// ndots:5) with glibc `getent`, busybox `nslookup` and `wget` by short and namespace-qualified names.
+/// Issue 6: the record matrix with `dig` from a pod (ClusterIP, headless, StatefulSet-style hostname,
+/// ExternalName, SRV, PTR, pod records, negative answers, UDP and TCP, across two namespaces), following
+/// changes, then the pod's own resolver (resolv.conf search path, ndots:5) with glibc `getent` and busybox
+/// `wget` by short and namespace-qualified names.
 #[test]
 fn cluster_dns_answers_pods_for_services_across_namespaces() {
     let c = TestCluster::new(2);
@@ -212,8 +255,14 @@ fn cluster_dns_answers_pods_for_services_across_namespaces() {
     m += &demoapp_pod("default", "web-1", "node-1", "web");
     m += &demoapp_pod("default", "web-2", "node-2", "web");
     m += &demoapp_pod("other", "api-1", "node-2", "api");
+    // A StatefulSet-style member: hostname + subdomain naming its headless service.
+    m += &demoapp_pod("default", "db-0", "node-1", "db").replace(
+        "spec:\n  nodeName: node-1\n",
+        "spec:\n  hostname: db-0\n  subdomain: db\n  nodeName: node-1\n",
+    );
     m += &service("default", "web", "web", false);
     m += &service("default", "web-headless", "web", true);
+    m += &service("default", "db", "db", true);
     m += &service("other", "api", "api", false);
     m += r#"apiVersion: v1
 kind: Service
@@ -238,173 +287,202 @@ spec:
     create(&c, "matrix", &m);
     let web1 = wait_ready(&c, "default", "web-1");
     let web2 = wait_ready(&c, "default", "web-2");
+    let db0 = wait_ready(&c, "default", "db-0");
     wait_ready(&c, "other", "api-1");
     wait_ready(&c, "default", "client");
     let web_ip = jsonpath(&c, "svc", "default", "web", "{.spec.clusterIP}");
     let api_ip = jsonpath(&c, "svc", "other", "api", "{.spec.clusterIP}");
     assert!(!web_ip.is_empty() && !api_ip.is_empty());
+    let d = Dig::new(&c, "default", "client", &dns);
 
     // The DNS follows the API through watches: wait until the last objects are visible, then check.
-    let web_fqdn = "web.default.svc.cluster.local.";
+    let headless = "web-headless.default.svc.cluster.local.";
     assert!(
         wait_until(Duration::from_secs(10), || {
-            let r = dig(
-                &c,
-                "default",
-                "client",
-                &dns,
-                "web-headless.default.svc.cluster.local",
-                "A",
-            );
-            records(&r).len() == 2
-                && records(&dig(
-                    &c,
-                    "default",
-                    "client",
-                    &dns,
-                    "ext.default.svc.cluster.local",
-                    "A",
-                ))
-                .len()
-                    == 2
+            records(&d.q(headless, "A")).len() == 2
+                && records(&d.q("db-0.db.default.svc.cluster.local", "A")).len() == 1
+                && records(&d.q("ext.default.svc.cluster.local", "A")).len() == 2
         }),
         "{}",
-        dig(
-            &c,
-            "default",
-            "client",
-            &dns,
-            "web-headless.default.svc.cluster.local",
-            "A"
-        )
+        d.q(headless, "A")
     );
 
-    // A of a ClusterIP service: authoritative, the default TTL of 5 s.
-    let r = dig(&c, "default", "client", &dns, web_fqdn, "A");
+    // A of a ClusterIP service: authoritative, the default TTL of 5 s; over UDP and TCP.
+    let web_fqdn = "web.default.svc.cluster.local.";
+    for extra in [&[][..], &["+tcp"][..]] {
+        let r = d.query(web_fqdn, "A", extra);
+        assert_eq!(rcode(&r), "NOERROR", "{r}");
+        assert!(r.contains(" aa "), "not authoritative: {r}");
+        assert_eq!(answers(&r), [format!("{web_fqdn} 5 IN A {web_ip}")], "{r}");
+    }
+    // A ClusterIP service has no AAAA: NODATA (NOERROR, empty answer, SOA).
+    let r = d.q(web_fqdn, "AAAA");
     assert_eq!(rcode(&r), "NOERROR", "{r}");
-    assert!(r.contains(" aa "), "not authoritative: {r}");
-    assert_eq!(answers(&r), [format!("{web_fqdn} 5 IN A {web_ip}")], "{r}");
+    assert!(answers(&r).is_empty(), "{r}");
     // Case-insensitive, answering with the name as asked.
-    let r = dig(
-        &c,
-        "default",
-        "client",
-        &dns,
-        "WEB.Default.SVC.cluster.local",
-        "A",
-    );
+    let r = d.q("WEB.Default.SVC.cluster.local", "A");
     assert_eq!(
         records(&r),
         [format!("WEB.Default.SVC.cluster.local. IN A {web_ip}")],
         "{r}"
     );
     // The other namespace's service.
-    let r = dig(
-        &c,
-        "default",
-        "client",
-        &dns,
-        "api.other.svc.cluster.local",
-        "A",
-    );
+    let r = d.q("api.other.svc.cluster.local", "A");
     assert_eq!(
         records(&r),
         [format!("api.other.svc.cluster.local. IN A {api_ip}")],
         "{r}"
     );
+    // The schema version record of the specification.
+    let r = d.q("dns-version.cluster.local", "TXT");
+    assert_eq!(
+        records(&r),
+        ["dns-version.cluster.local. IN TXT \"1.1.0\""],
+        "{r}"
+    );
 
     // Headless: one A per ready endpoint, the pod IPs.
-    let r = dig(
-        &c,
-        "default",
-        "client",
-        &dns,
-        "web-headless.default.svc.cluster.local",
-        "A",
+    let r = d.q(headless, "A");
+    assert_eq!(
+        records(&r),
+        sorted(vec![
+            format!("{headless} IN A {web1}"),
+            format!("{headless} IN A {web2}"),
+        ]),
+        "{r}"
     );
-    let mut got = records(&r);
-    got.sort();
-    let mut want = vec![
-        format!("web-headless.default.svc.cluster.local. IN A {web1}"),
-        format!("web-headless.default.svc.cluster.local. IN A {web2}"),
-    ];
-    want.sort();
-    assert_eq!(got, want, "{r}");
-
-    // SRV for the named port: port 80, target the service name.
-    let r = dig(
-        &c,
-        "default",
-        "client",
-        &dns,
-        "_http._tcp.web.default.svc.cluster.local",
-        "SRV",
-    );
+    // StatefulSet-style: the member's own name, and SRV targets naming it, with glue.
+    let db0_fqdn = "db-0.db.default.svc.cluster.local.";
+    let r = d.q(db0_fqdn, "A");
+    assert_eq!(records(&r), [format!("{db0_fqdn} IN A {db0}")], "{r}");
+    let r = d.q("_http._tcp.db.default.svc.cluster.local", "SRV");
     let srv = records(&r);
     assert_eq!(srv.len(), 1, "{r}");
     assert!(
-        srv[0].starts_with("_http._tcp.web.default.svc.cluster.local. IN SRV ")
+        srv[0].starts_with("_http._tcp.db.default.svc.cluster.local. IN SRV 0 ")
+            && srv[0].ends_with(&format!(" 80 {db0_fqdn}")),
+        "{r}"
+    );
+    assert!(
+        without_ttl(section(&r, "ADDITIONAL")).contains(&format!("{db0_fqdn} IN A {db0}")),
+        "SRV glue: {r}"
+    );
+
+    // SRV for the named port of a ClusterIP service: port 80, target the service name, glue its address.
+    let r = d.q("_http._tcp.web.default.svc.cluster.local", "SRV");
+    let srv = records(&r);
+    assert_eq!(srv.len(), 1, "{r}");
+    assert!(
+        srv[0].starts_with("_http._tcp.web.default.svc.cluster.local. IN SRV 0 ")
             && srv[0].ends_with(&format!(" 80 {web_fqdn}")),
         "{r}"
     );
     assert!(
-        r.contains(&format!("{web_fqdn}")) && r.contains(&web_ip),
+        without_ttl(section(&r, "ADDITIONAL")).contains(&format!("{web_fqdn} IN A {web_ip}")),
         "SRV glue: {r}"
     );
+    // No such port name / protocol.
+    let r = d.q("_nope._tcp.web.default.svc.cluster.local", "SRV");
+    assert_eq!(rcode(&r), "NXDOMAIN", "{r}");
 
     // ExternalName: a CNAME, chased to the target's address.
-    let r = dig(
-        &c,
-        "default",
-        "client",
-        &dns,
-        "ext.default.svc.cluster.local",
-        "A",
-    );
+    let ext = "ext.default.svc.cluster.local.";
+    let r = d.q(ext, "A");
     assert_eq!(
         records(&r),
         [
-            "ext.default.svc.cluster.local. IN CNAME api.other.svc.cluster.local.".to_string(),
             format!("api.other.svc.cluster.local. IN A {api_ip}"),
+            format!("{ext} IN CNAME api.other.svc.cluster.local."),
         ],
         "{r}"
     );
 
-    // PTR of the ClusterIP.
-    let o: Vec<&str> = web_ip.split('.').collect();
-    let arpa = format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0]);
-    let r = dig(&c, "default", "client", &dns, &arpa, "PTR");
-    assert_eq!(records(&r), [format!("{arpa} IN PTR {web_fqdn}")], "{r}");
+    // PTR of the ClusterIP and of an endpoint (pod) IP of a headless service.
+    let arpa = |ip: &str| {
+        let o: Vec<&str> = ip.split('.').collect();
+        format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+    };
+    let r = d.q(&arpa(&web_ip), "PTR");
+    assert_eq!(
+        records(&r),
+        [format!("{} IN PTR {web_fqdn}", arpa(&web_ip))],
+        "{r}"
+    );
+    let r = d.q(&arpa(&db0), "PTR");
+    assert_eq!(
+        records(&r),
+        [format!("{} IN PTR {db0_fqdn}", arpa(&db0))],
+        "{r}"
+    );
 
-    // Missing names: NXDOMAIN with an SOA in the authority section; the namespace name itself exists.
+    // Pod records: a-b-c-d.<ns>.pod.<zone>.
+    let pod_name = format!("{}.default.pod.cluster.local.", web1.replace('.', "-"));
+    let r = d.q(&pod_name, "A");
+    assert_eq!(records(&r), [format!("{pod_name} IN A {web1}")], "{r}");
+
+    // Missing names: NXDOMAIN with the zone's SOA in the authority section (TTL 5, as the negative TTL);
+    // a namespace's own name exists (NOERROR without records).
     for missing in [
         "nope.default.svc.cluster.local",
         "web.nosuchns.svc.cluster.local",
         "api.default.svc.cluster.local",
+        "web.default.svc.cluster.local.default.svc.cluster.local",
     ] {
-        let r = dig(&c, "default", "client", &dns, missing, "A");
+        let r = d.q(missing, "A");
         assert_eq!(rcode(&r), "NXDOMAIN", "{missing}: {r}");
-        let soa = r
-            .lines()
-            .skip_while(|l| !l.starts_with(";; AUTHORITY SECTION:"))
-            .nth(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .unwrap_or_default();
+        let soa = section(&r, "AUTHORITY");
         assert!(
-            soa.starts_with("cluster.local. 5 IN SOA "),
+            soa.len() == 1 && soa[0].starts_with("cluster.local. 5 IN SOA "),
             "{missing}: no SOA: {r}"
         );
     }
-    let r = dig(
-        &c,
-        "default",
-        "client",
-        &dns,
-        "other.svc.cluster.local",
-        "A",
-    );
+    let r = d.q("other.svc.cluster.local", "A");
     assert_eq!(rcode(&r), "NOERROR", "{r}");
     assert!(answers(&r).is_empty(), "{r}");
+
+    // Changes are followed: ExternalName retargeted, then switched to ClusterIP; a deleted service is gone.
+    let patch = c.kubectl(&[
+        "patch",
+        "svc",
+        "ext",
+        "-p",
+        r#"{"spec":{"externalName":"web.default.svc.cluster.local"}}"#,
+    ]);
+    assert!(patch.status.success(), "{}", text(&patch));
+    assert!(
+        wait_until(Duration::from_secs(3), || records(&d.q(ext, "A"))
+            == [
+                format!("{ext} IN CNAME {web_fqdn}"),
+                format!("{web_fqdn} IN A {web_ip}"),
+            ]),
+        "{}",
+        d.q(ext, "A")
+    );
+    let patch = c.kubectl(&[
+        "patch",
+        "svc",
+        "ext",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP","externalName":null,"selector":{"app":"web"},"ports":[{"name":"http","port":80,"targetPort":80}]}}"#,
+    ]);
+    assert!(patch.status.success(), "{}", text(&patch));
+    let ext_ip = jsonpath(&c, "svc", "default", "ext", "{.spec.clusterIP}");
+    assert!(!ext_ip.is_empty() && ext_ip != "None", "{ext_ip:?}");
+    assert!(
+        wait_until(Duration::from_secs(3), || records(&d.q(ext, "A"))
+            == [format!("{ext} IN A {ext_ip}")]),
+        "{}",
+        d.q(ext, "A")
+    );
+    let del = c.kubectl(&["delete", "svc", "-n", "other", "api"]);
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(
+        wait_until(Duration::from_secs(3), || rcode(
+            &d.q("api.other.svc.cluster.local", "A")
+        ) == "NXDOMAIN"),
+        "{}",
+        d.q("api.other.svc.cluster.local", "A")
+    );
 
     // The pod's own resolver: its resolv.conf, the search path, glibc and busybox clients, HTTP by name.
     // (No `wget -T`: Debian's busybox-static 1.35 wget crashes with a timeout option, even on the host.)
@@ -416,44 +494,52 @@ spec:
             "resolver",
             "cat /etc/resolv.conf; \
              echo getent-web: $(/usr/bin/getent hosts web); \
-             echo getent-api: $(/usr/bin/getent hosts api.other); \
+             echo getent-db: $(/usr/bin/getent hosts db-0.db); \
+             echo getent-kubernetes: $(/usr/bin/getent hosts kubernetes.default); \
              echo getent-missing: $(/usr/bin/getent hosts nope || echo none); \
              echo wget-web: $(wget -q -O- http://web); \
-             echo wget-api: $(wget -q -O- http://api.other/)",
+             echo wget-ext: $(wget -q -O- http://ext.default/)",
         ),
     );
     let log = finished_log(&c, "default", "resolver", "main");
+    let line = |key: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_default()
+            .to_string()
+    };
     assert!(log.contains(&format!("nameserver {dns}")), "{log}");
     assert!(
         log.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
         "{log}"
     );
     assert!(log.contains("options ndots:5"), "{log}");
-    assert!(
-        log.contains(&format!(
-            "getent-web: {web_ip} web.default.svc.cluster.local"
-        )),
+    assert_eq!(
+        line("getent-web"),
+        format!("{web_ip} web.default.svc.cluster.local"),
         "{log}"
     );
-    assert!(
-        log.contains(&format!("getent-api: {api_ip} api.other.svc.cluster.local")),
+    assert_eq!(
+        line("getent-db"),
+        format!("{db0} db-0.db.default.svc.cluster.local"),
         "{log}"
     );
-    assert!(log.contains("getent-missing: none"), "{log}");
-    let wget_web = log
-        .lines()
-        .find_map(|l| l.strip_prefix("wget-web: "))
-        .unwrap_or_default();
-    assert!(
-        wget_web.starts_with("iKubernetes demoapp v1.0 !! ClientIP: ")
-            && (wget_web.contains("ServerName: web-1,") || wget_web.contains("ServerName: web-2,")),
+    let api_server_ip = jsonpath(&c, "svc", "default", "kubernetes", "{.spec.clusterIP}");
+    assert_eq!(
+        line("getent-kubernetes"),
+        format!("{api_server_ip} kubernetes.default.svc.cluster.local"),
         "{log}"
     );
-    let wget_api = log
-        .lines()
-        .find_map(|l| l.strip_prefix("wget-api: "))
-        .unwrap_or_default();
-    assert!(wget_api.contains("ServerName: api-1, ServerIP: "), "{log}");
+    assert_eq!(line("getent-missing"), "none", "{log}");
+    for key in ["wget-web", "wget-ext"] {
+        let answer = line(key);
+        assert!(
+            answer.starts_with("iKubernetes demoapp v1.0 !! ClientIP: ")
+                && (answer.contains(&format!("ServerName: web-1, ServerIP: {web1}!"))
+                    || answer.contains(&format!("ServerName: web-2, ServerIP: {web2}!"))),
+            "{key}: {log}"
+        );
+    }
 }
 
 /// Issue 6: a pod started after a service sees the service's variables, Docker-links style, and the
