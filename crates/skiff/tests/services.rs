@@ -263,3 +263,268 @@ fn seed_004_scale_source_ip_and_external_traffic_policy_local() {
 
     finish(c);
 }
+
+/// Two echo pods whose named ports (`udp-echo`, `tcp-echo`) have different numbers in each pod: the service's
+/// named targetPorts resolve per endpoint. Each answers `udp-<pod>` / `tcp-<pod>`.
+const ECHO: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-a
+  labels: {app: echo}
+spec:
+  containers:
+  - name: echo
+    image: busybox
+    command: ["sh", "-c", "/usr/bin/socat UDP-RECVFROM:9000,fork SYSTEM:'echo udp-$HOSTNAME' & exec /usr/bin/socat TCP-LISTEN:9001,fork,reuseaddr SYSTEM:'echo tcp-$HOSTNAME'"]
+    ports:
+    - {name: udp-echo, containerPort: 9000, protocol: UDP}
+    - {name: tcp-echo, containerPort: 9001}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-b
+  labels: {app: echo}
+spec:
+  containers:
+  - name: echo
+    image: busybox
+    command: ["sh", "-c", "/usr/bin/socat UDP-RECVFROM:9100,fork SYSTEM:'echo udp-$HOSTNAME' & exec /usr/bin/socat TCP-LISTEN:9101,fork,reuseaddr SYSTEM:'echo tcp-$HOSTNAME'"]
+    ports:
+    - {name: udp-echo, containerPort: 9100, protocol: UDP}
+    - {name: tcp-echo, containerPort: 9101}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: dns, protocol: UDP, port: 53, targetPort: udp-echo}
+  - {name: text, protocol: TCP, port: 7, targetPort: tcp-echo}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: nothing
+spec:
+  selector: {app: nothing-matches-this}
+  ports:
+  - {name: http, port: 80, targetPort: 80}
+"#;
+
+/// One request through socat (`UDP:` or `TCP:` address) with an empty body for TCP and one datagram for UDP;
+/// the answer's first line.
+fn socat_in(netns: Option<&str>, address: &str) -> Output {
+    // TCP sends nothing: a server closing with unread data would answer RST and the client could lose the answer.
+    let input = if address.starts_with("UDP") {
+        "echo ping"
+    } else {
+        "true"
+    };
+    let script = format!("{input} | socat -t 2 -T 3 - {address}");
+    match netns {
+        Some(ns) => in_netns(ns, &["sh", "-c", &script]),
+        None => Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("socat"),
+    }
+}
+
+/// Answers seen for `address` over up to `tries` requests, stopping once both echo pods answered.
+fn echo_answers(netns: Option<&str>, address: &str, tries: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..tries {
+        let out = socat_in(netns, address);
+        let answer = stdout(&out).trim().to_string();
+        assert!(
+            !answer.is_empty(),
+            "{address} from {netns:?}: {}",
+            text(&out)
+        );
+        seen.insert(answer);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    seen
+}
+
+/// A TCP connect to `addr` fails within a second with ECONNREFUSED (socat names the errno; curl only says
+/// "Couldn't connect"), and curl gives up at once too (exit 7) rather than timing out.
+fn assert_refused_at_once(netns: Option<&str>, addr: &str) {
+    let started = Instant::now();
+    let out = socat_in(netns, &format!("TCP:{addr},connect-timeout=5"));
+    let took = started.elapsed();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("Connection refused"),
+        "{addr} from {netns:?}: {}",
+        text(&out)
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "{addr} refused after {took:?}"
+    );
+    let out = curl_in(netns, 5, &format!("http://{addr}/"));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl {addr} from {netns:?}: {}",
+        text(&out)
+    );
+}
+
+/// UDP and TCP ports of one service with named targetPorts that differ per pod, from the host and from a node;
+/// a service without endpoints and an unused port of a ClusterIP are refused at once, never a silent timeout.
+#[test]
+fn udp_and_multi_port_service_and_rejections() {
+    let c = TestCluster::new(2);
+    up(&c, &["--dns-replicas", "0"]);
+    apply(&c, ECHO);
+    wait_endpoints(&c, "echo", 2, Duration::from_secs(20));
+    let ip = cluster_ip(&c, "echo");
+    let node1 = c.node_netns(1);
+
+    // The rules reach the nodes asynchronously: wait for the first TCP answer.
+    let tcp = format!("TCP:{ip}:7");
+    assert!(
+        wait_until(Duration::from_secs(10), || socat_in(None, &tcp)
+            .status
+            .success()),
+        "{}",
+        text(&socat_in(None, &tcp))
+    );
+    let both = |proto: &str| -> BTreeSet<String> {
+        ["echo-a", "echo-b"]
+            .iter()
+            .map(|p| format!("{proto}-{p}"))
+            .collect()
+    };
+    for netns in [None, Some(node1.as_str())] {
+        assert_eq!(
+            echo_answers(netns, &tcp, 30),
+            both("tcp"),
+            "TCP from {netns:?}"
+        );
+        let udp = format!("UDP:{ip}:53");
+        assert_eq!(
+            echo_answers(netns, &udp, 30),
+            both("udp"),
+            "UDP from {netns:?}"
+        );
+    }
+
+    // No endpoints: "Connection refused" at once, from the host and from a node.
+    let nothing = cluster_ip(&c, "nothing");
+    for netns in [None, Some(node1.as_str())] {
+        assert_refused_at_once(netns, &format!("{nothing}:80"));
+    }
+
+    // An unused port of a ClusterIP with endpoints: refused too.
+    for netns in [None, Some(node1.as_str())] {
+        assert_refused_at_once(netns, &format!("{ip}:8080"));
+    }
+
+    finish(c);
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: demoapp
+        image: ikubernetes/demoapp:v1.0
+        ports:
+        - {name: http, containerPort: 80}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-sticky
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, targetPort: http}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: solo
+  labels: {app: solo}
+spec:
+  containers:
+  - name: demoapp
+    image: ikubernetes/demoapp:v1.0
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: solo
+spec:
+  selector: {app: solo}
+  ports:
+  - {name: http, port: 8080, targetPort: 80}
+"#;
+
+/// `sessionAffinity: ClientIP` keeps a client on one pod while the same pods without affinity answer in turn;
+/// a pod reaches itself through its own service (hairpin).
+#[test]
+fn session_affinity_and_hairpin() {
+    let c = TestCluster::new(2);
+    up(&c, &["--dns-replicas", "0"]);
+    apply(&c, WEB);
+    wait_endpoints(&c, "web", 3, Duration::from_secs(20));
+    wait_endpoints(&c, "web-sticky", 3, Duration::from_secs(5));
+    wait_endpoints(&c, "solo", 1, Duration::from_secs(20));
+    let web = cluster_ip(&c, "web");
+    let sticky = cluster_ip(&c, "web-sticky");
+    let node2 = c.node_netns(2);
+
+    for netns in [None, Some(node2.as_str())] {
+        // Without affinity the pods answer in turn: the comparison that makes the affinity check meaningful.
+        first_answer(netns, &format!("http://{web}/"));
+        let free = servers_seen(netns, &format!("http://{web}/"), 40, 2);
+        assert!(free.len() >= 2, "no affinity, from {netns:?}: {free:?}");
+
+        first_answer(netns, &format!("http://{sticky}/"));
+        let pinned = servers_seen(netns, &format!("http://{sticky}/"), 10, 2);
+        assert_eq!(
+            pinned.len(),
+            1,
+            "ClientIP affinity from {netns:?}: {pinned:?}"
+        );
+    }
+
+    // Hairpin: the only endpoint of `solo` calls its own service and is answered by itself.
+    let solo = cluster_ip(&c, "solo");
+    let solo_ns = c.pod_netns("default", "solo").unwrap_or_default();
+    let answer = first_answer(Some(&solo_ns), &format!("http://{solo}:8080/"));
+    let (_, server) = demo_fields(&answer).unwrap_or_else(|| panic!("{answer:?}"));
+    assert_eq!(server, "solo");
+
+    finish(c);
+}
