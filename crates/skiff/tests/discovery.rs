@@ -53,6 +53,18 @@ fn wait_ready(c: &TestCluster, ns: &str, name: &str) -> String {
     jsonpath(c, "pod", ns, name, "{.status.podIP}")
 }
 
+/// Waits until pod `ns/name` has an IP and returns it.
+fn wait_pod_ip(c: &TestCluster, ns: &str, name: &str) -> String {
+    let mut ip = String::new();
+    wait_until(Duration::from_secs(30), || {
+        ip = jsonpath(c, "pod", ns, name, "{.status.podIP}");
+        !ip.is_empty()
+    });
+    let pod = c.kubectl(&["get", "pod", "-n", ns, name, "-o", "yaml"]);
+    assert!(!ip.is_empty(), "pod {ns}/{name} has no IP: {}", text(&pod));
+    ip
+}
+
 /// Waits until a run-to-completion pod has finished (Succeeded or Failed) and returns its container's log,
 /// read from the file its node's agent writes (`kubectl logs` is not served).
 fn finished_log(c: &TestCluster, ns: &str, name: &str, container: &str) -> String {
@@ -684,6 +696,91 @@ fn pod_network_across_nodes(overlay: &str) {
         code.len() == 3 && code != "000",
         "pod b -> host API {host}: {}",
         text(&out)
+    );
+
+    // Leaving the pod network, a pod's traffic is masqueraded to its node's IP: a demoapp server on the host
+    // (outside the cluster) sees node-2's address as the client of pod b, and the host's own address is
+    // what pod a sees when the host calls it.
+    let port = free_port();
+    let _server = Reaped(
+        std::process::Command::new(SKIFF)
+            .args(["demoapp", "--host", &host, "--port", &port.to_string()])
+            .spawn()
+            .expect("starting a demoapp on the host"),
+    );
+    let url = format!("http://{host}:{port}/");
+    let mut answer = String::new();
+    wait_until(Duration::from_secs(5), || {
+        answer = stdout(&c.in_pod("default", "b", &["curl", "-s", "-m", "2", &url]));
+        !answer.is_empty()
+    });
+    assert!(
+        answer.starts_with(&format!(
+            "iKubernetes demoapp v1.0 !! ClientIP: {}, ",
+            c.node_ip(2)
+        )),
+        "pod b -> host server: {answer:?}"
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "3", &format!("http://{a}/")])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        stdout(&out),
+        format!("iKubernetes demoapp v1.0 !! ClientIP: {host}, ServerName: a, ServerIP: {a}!"),
+        "host -> a"
+    );
+}
+
+/// A child process killed and reaped when the test ends, also on failure.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 4: containers of one pod share its network namespace: a sidecar reaches the demoapp container on
+/// 127.0.0.1, and both see the pod's hostname.
+#[test]
+fn containers_of_a_pod_share_localhost() {
+    let c = TestCluster::new(1);
+    let out = c.up(&["--dns-replicas", "0"]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    create(
+        &c,
+        "pair",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: pair
+spec:
+  restartPolicy: Never
+  containers:
+  - name: web
+    image: ikubernetes/demoapp:v1.0
+  - name: sidecar
+    image: busybox
+    command: ["sh", "-c", "until wget -q -O- http://127.0.0.1/ 2>/dev/null; do sleep 0.2; done; echo; hostname"]
+"#,
+    );
+    let ip = wait_pod_ip(&c, "default", "pair");
+    let uid = jsonpath(&c, "pod", "default", "pair", "{.metadata.uid}");
+    let log_path = c
+        .data_dir
+        .join(format!("nodes/1/state/pods/{uid}/logs/sidecar/0.log"));
+    let mut log = String::new();
+    wait_until(Duration::from_secs(15), || {
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.lines().count() >= 3
+    });
+    // The demoapp names the address the connection arrived on as ServerIP (here loopback).
+    assert_eq!(
+        log,
+        "iKubernetes demoapp v1.0 !! ClientIP: 127.0.0.1, ServerName: pair, ServerIP: 127.0.0.1!\n\npair\n",
+        "pod IP {ip}"
     );
 }
 
