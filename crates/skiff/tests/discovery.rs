@@ -793,3 +793,106 @@ fn pods_on_different_nodes_reach_each_other_without_nat_over_vxlan() {
 fn pods_on_different_nodes_reach_each_other_without_nat_over_host_gw() {
     pod_network_across_nodes("host-gw");
 }
+
+/// Issue 6 (and the DNS Deployment's probes): the cluster DNS pods are Ready through their readiness probe
+/// (`/ready` on the metrics port), and deleting one of two replicas loses no client: every query sent
+/// while the pod goes away and its replacement starts is answered.
+#[test]
+fn cluster_dns_survives_the_loss_of_a_replica() {
+    let c = TestCluster::new(2);
+    let out = c.up(&["--dns-replicas", "2"]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    let dns = kube_dns_ip(&c);
+    let pods = stdout(&c.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "k8s-app=kube-dns",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.podIP} {.spec.containers[0].readinessProbe.httpGet.path} {.spec.containers[0].livenessProbe.httpGet.path}{\"\\n\"}{end}",
+    ]));
+    let pods: Vec<Vec<String>> = pods
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect();
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    for p in &pods {
+        assert_eq!(p[2..], ["/ready", "/health"], "{pods:?}");
+        wait_ready(&c, "kube-system", &p[0]);
+        // What the probe sees: /ready answers OK once the server has synced.
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-m", "3", &format!("http://{}:9153/ready", p[1])])
+            .output()
+            .expect("curl");
+        assert_eq!(stdout(&out), "OK", "{}", text(&out));
+    }
+
+    create(
+        &c,
+        "client",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\nspec:\n  containers:\n  - name: pause\n    image: registry.k8s.io/pause\n",
+    );
+    wait_ready(&c, "default", "client");
+    let d = Dig::new(&c, "default", "client", &dns);
+    let name = "kubernetes.default.svc.cluster.local.";
+    let api_ip = jsonpath(&c, "svc", "default", "kubernetes", "{.spec.clusterIP}");
+    let want = [format!("{name} IN A {api_ip}")];
+    assert_eq!(records(&d.q(name, "A")), want);
+
+    let del = c.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        "kube-system",
+        &pods[0][0],
+        "--wait=false",
+    ]);
+    assert!(del.status.success(), "{}", text(&del));
+    // A client as glibc's resolver behaves (a 1 s timeout, 2 tries): over ~4 s no query may fail.
+    let start = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        let r = in_netns(
+            &d.netns,
+            &[
+                "dig", "+tries=2", "+time=1", "+nocmd", "+nostats", &d.server, name, "A",
+            ],
+        );
+        sent += 1;
+        let r = stdout(&r);
+        if records(&r) != want {
+            failures.push(format!("{:?}: {r}", start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} queries failed: {failures:#?}",
+        failures.len()
+    );
+    // The Deployment replaces the pod, and the replacement becomes Ready through its probe.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let ready = stdout(&c.kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                "kube-system",
+                "-l",
+                "k8s-app=kube-dns",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
+            ]));
+            // The deleted pod is gone (it exits on SIGTERM) and two others are Ready.
+            let listed: Vec<&str> = ready.split_whitespace().collect();
+            !listed
+                .iter()
+                .any(|p| p.starts_with(&format!("{}=", pods[0][0])))
+                && listed.iter().filter(|p| p.ends_with("=True")).count() == 2
+        }),
+        "the deleted DNS pod was not replaced by a Ready one"
+    );
+}
