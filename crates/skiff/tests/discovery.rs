@@ -496,6 +496,30 @@ spec:
         d.q("api.other.svc.cluster.local", "A")
     );
 
+    // DNS programming latency as a client sees it: from `kubectl create` returning to the first answer
+    // (upper bound: each probe is a `dig` process of its own, ~10 ms).
+    let mut lat = Vec::new();
+    for n in 0..10 {
+        create(
+            &c,
+            &format!("lat-{n}"),
+            &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: lat-{n}\nspec:\n  ports:\n  - port: 80\n"),
+        );
+        let t = std::time::Instant::now();
+        let fqdn = format!("lat-{n}.default.svc.cluster.local.");
+        let seen = wait_until(Duration::from_secs(2), || {
+            answers(&d.query(&fqdn, "A", &["+time=1"])).len() == 1
+        });
+        assert!(seen, "{fqdn} not answered within 2 s: {}", d.q(&fqdn, "A"));
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    eprintln!(
+        "DNS programming latency (kubectl create -> answer, 10 services): median {:?}, max {:?}",
+        lat[5], lat[9]
+    );
+    assert!(lat[9] < Duration::from_secs(1), "{lat:?}");
+
     // The pod's own resolver: its resolv.conf, the search path, glibc and busybox clients, HTTP by name.
     // (No `wget -T`: Debian's busybox-static 1.35 wget crashes with a timeout option, even on the host.
     // `getent ahosts` resolves as curl does (getaddrinfo, A and AAAA together per candidate); `getent hosts`
