@@ -275,6 +275,17 @@ fn cluster_dns_answers_pods_for_services_across_namespaces() {
     m += &service("default", "web", "web", false);
     m += &service("default", "web-headless", "web", true);
     m += &service("default", "db", "db", true);
+    // A member that never becomes Ready (its readiness probe gets 404): headless answers leave it out
+    // unless the service publishes not-ready addresses.
+    m += &demoapp_pod("default", "web-3", "node-2", "web").replace(
+        "    - name: http\n      containerPort: 80\n",
+        "    - name: http\n      containerPort: 80\n    readinessProbe:\n      httpGet:\n        path: /never-ready\n        port: 80\n      periodSeconds: 1\n",
+    );
+    m += &service("default", "web-all", "web", true).replace(
+        "  clusterIP: None\n",
+        "  clusterIP: None\n  publishNotReadyAddresses: true\n",
+    );
+    m += &service("default", "nobody", "nobody", true);
     m += &service("other", "api", "api", false);
     m += r#"apiVersion: v1
 kind: Service
@@ -300,6 +311,7 @@ spec:
     let web1 = wait_ready(&c, "default", "web-1");
     let web2 = wait_ready(&c, "default", "web-2");
     let db0 = wait_ready(&c, "default", "db-0");
+    let web3 = wait_pod_ip(&c, "default", "web-3");
     wait_ready(&c, "other", "api-1");
     wait_ready(&c, "default", "client");
     let web_ip = jsonpath(&c, "svc", "default", "web", "{.spec.clusterIP}");
@@ -363,6 +375,35 @@ spec:
         ]),
         "{r}"
     );
+    assert_ne!(
+        jsonpath(
+            &c,
+            "pod",
+            "default",
+            "web-3",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ),
+        "True"
+    );
+    let all = "web-all.default.svc.cluster.local.";
+    assert!(
+        wait_until(Duration::from_secs(5), || records(&d.q(all, "A")).len()
+            == 3),
+        "{}",
+        d.q(all, "A")
+    );
+    assert_eq!(
+        records(&d.q(all, "A")),
+        sorted(vec![
+            format!("{all} IN A {web1}"),
+            format!("{all} IN A {web2}"),
+            format!("{all} IN A {web3}"),
+        ])
+    );
+    // A headless service without endpoints does not exist as a name.
+    let r = d.q("nobody.default.svc.cluster.local", "A");
+    assert_eq!(rcode(&r), "NXDOMAIN", "{r}");
+
     // StatefulSet-style: the member's own name, and SRV targets naming it, with glue.
     let db0_fqdn = "db-0.db.default.svc.cluster.local.";
     let r = d.q(db0_fqdn, "A");
