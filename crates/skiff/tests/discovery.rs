@@ -708,10 +708,32 @@ fn pod_network_across_nodes(overlay: &str) {
     let a = wait_ready(&c, "default", "a");
     let b = wait_ready(&c, "default", "b");
     assert_ne!(
-        a.rsplitn(2, '.').nth(1),
-        b.rsplitn(2, '.').nth(1),
+        a.rsplit_once('.').map(|x| x.0),
+        b.rsplit_once('.').map(|x| x.0),
         "pods on different nodes share a podCIDR: {a} {b}"
     );
+    // How node-1 routes to node-2's pods: through the VXLAN device, or directly via node-2's address.
+    let b_net = format!(
+        "{}.0/24",
+        b.rsplit_once('.').map(|x| x.0).unwrap_or_default()
+    );
+    let route = stdout(&c.in_node(1, &["ip", "-4", "route", "show", &b_net]));
+    let vxlan = stdout(&c.in_node(1, &["ip", "-o", "link", "show", "type", "vxlan"]));
+    if overlay == "host-gw" {
+        assert!(route.contains(&format!("via {} ", c.node_ip(2))), "{route}");
+        assert!(vxlan.is_empty(), "{vxlan}");
+    } else {
+        let dev = vxlan
+            .split(": ")
+            .nth(1)
+            .and_then(|d| d.split('@').next())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !dev.is_empty() && route.contains(&format!("dev {dev} ")),
+            "{route}\n{vxlan}"
+        );
+    }
     for (from, from_ip, to, to_ip) in [("a", &a, "b", &b), ("b", &b, "a", &a)] {
         let out = c.in_pod(
             "default",
