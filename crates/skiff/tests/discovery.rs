@@ -643,30 +643,97 @@ spec:
   - name: redis
     port: 6379
     targetPort: 6379
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: dns-like
+spec:
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+  - name: dns-tcp
+    port: 53
+    protocol: TCP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: headless
+spec:
+  clusterIP: None
+  ports:
+  - port: 80
 "#,
     );
     let ip = jsonpath(&c, "svc", "default", "redis-master", "{.spec.clusterIP}");
+    let dns_ip = jsonpath(&c, "svc", "default", "dns-like", "{.spec.clusterIP}");
     let api_ip = jsonpath(&c, "svc", "default", "kubernetes", "{.spec.clusterIP}");
     assert!(!ip.is_empty() && !api_ip.is_empty());
     create(&c, "env", &busybox_pod("default", "env", "env | sort"));
     let log = finished_log(&c, "default", "env", "main");
     let env: Vec<&str> = log.lines().collect();
-    for want in [
-        format!("REDIS_MASTER_SERVICE_HOST={ip}"),
-        "REDIS_MASTER_SERVICE_PORT=6379".to_string(),
-        "REDIS_MASTER_SERVICE_PORT_REDIS=6379".to_string(),
-        format!("REDIS_MASTER_PORT=tcp://{ip}:6379"),
-        format!("REDIS_MASTER_PORT_6379_TCP=tcp://{ip}:6379"),
-        "REDIS_MASTER_PORT_6379_TCP_PROTO=tcp".to_string(),
-        "REDIS_MASTER_PORT_6379_TCP_PORT=6379".to_string(),
-        format!("REDIS_MASTER_PORT_6379_TCP_ADDR={ip}"),
-        format!("KUBERNETES_SERVICE_HOST={api_ip}"),
-        "KUBERNETES_SERVICE_PORT=443".to_string(),
-        "KUBERNETES_SERVICE_PORT_HTTPS=443".to_string(),
-        format!("KUBERNETES_PORT=tcp://{api_ip}:443"),
-    ] {
-        assert!(env.contains(&want.as_str()), "missing {want}:\n{log}");
-    }
+    let with_prefix = |prefix: &str| -> Vec<String> {
+        let mut v: Vec<String> = env
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // Exactly the seed's redis-master set.
+    assert_eq!(
+        with_prefix("REDIS_MASTER_"),
+        sorted(vec![
+            format!("REDIS_MASTER_PORT=tcp://{ip}:6379"),
+            format!("REDIS_MASTER_PORT_6379_TCP=tcp://{ip}:6379"),
+            format!("REDIS_MASTER_PORT_6379_TCP_ADDR={ip}"),
+            "REDIS_MASTER_PORT_6379_TCP_PORT=6379".to_string(),
+            "REDIS_MASTER_PORT_6379_TCP_PROTO=tcp".to_string(),
+            format!("REDIS_MASTER_SERVICE_HOST={ip}"),
+            "REDIS_MASTER_SERVICE_PORT=6379".to_string(),
+            "REDIS_MASTER_SERVICE_PORT_REDIS=6379".to_string(),
+        ]),
+        "{log}"
+    );
+    // Several ports: one set per port and protocol, `_PORT` naming the first; dashes become underscores.
+    assert_eq!(
+        with_prefix("DNS_LIKE_"),
+        sorted(vec![
+            format!("DNS_LIKE_PORT=udp://{dns_ip}:53"),
+            format!("DNS_LIKE_PORT_53_TCP=tcp://{dns_ip}:53"),
+            format!("DNS_LIKE_PORT_53_TCP_ADDR={dns_ip}"),
+            "DNS_LIKE_PORT_53_TCP_PORT=53".to_string(),
+            "DNS_LIKE_PORT_53_TCP_PROTO=tcp".to_string(),
+            format!("DNS_LIKE_PORT_53_UDP=udp://{dns_ip}:53"),
+            format!("DNS_LIKE_PORT_53_UDP_ADDR={dns_ip}"),
+            "DNS_LIKE_PORT_53_UDP_PORT=53".to_string(),
+            "DNS_LIKE_PORT_53_UDP_PROTO=udp".to_string(),
+            format!("DNS_LIKE_SERVICE_HOST={dns_ip}"),
+            "DNS_LIKE_SERVICE_PORT=53".to_string(),
+            "DNS_LIKE_SERVICE_PORT_DNS=53".to_string(),
+            "DNS_LIKE_SERVICE_PORT_DNS_TCP=53".to_string(),
+        ]),
+        "{log}"
+    );
+    // Headless services have no address to hand out.
+    assert_eq!(with_prefix("HEADLESS_"), Vec::<String>::new(), "{log}");
+    assert_eq!(
+        with_prefix("KUBERNETES_"),
+        sorted(vec![
+            format!("KUBERNETES_PORT=tcp://{api_ip}:443"),
+            format!("KUBERNETES_PORT_443_TCP=tcp://{api_ip}:443"),
+            format!("KUBERNETES_PORT_443_TCP_ADDR={api_ip}"),
+            "KUBERNETES_PORT_443_TCP_PORT=443".to_string(),
+            "KUBERNETES_PORT_443_TCP_PROTO=tcp".to_string(),
+            format!("KUBERNETES_SERVICE_HOST={api_ip}"),
+            "KUBERNETES_SERVICE_PORT=443".to_string(),
+            "KUBERNETES_SERVICE_PORT_HTTPS=443".to_string(),
+        ]),
+        "{log}"
+    );
 
     // A service created after the pod started is not injected into it (nor into a restarted container).
     create(
