@@ -187,6 +187,34 @@ where
     }
 }
 
+/// [`drive`] for a keyed controller whose reconcile may ask to look at its key again after a delay
+/// (`Ok(Some(after))`); a failed reconcile is logged and retried after 500 ms.
+pub(crate) async fn drive_with_retry<F, Fut>(
+    queue: Arc<WorkQueue>,
+    concurrency: usize,
+    kind: &'static str,
+    reconcile: F,
+) where
+    F: Fn(informer::Key) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<std::time::Duration>, kube::Error>>,
+{
+    drive(queue.clone(), concurrency, |key| {
+        let queue = queue.clone();
+        let sync = reconcile(key.clone());
+        async move {
+            match sync.await {
+                Ok(Some(after)) => queue.add_after(key, after),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(namespace = %key.0, name = %key.1, kind, %error, "sync failed; retrying");
+                    queue.add_after(key, std::time::Duration::from_millis(500));
+                }
+            }
+        }
+    })
+    .await;
+}
+
 fn on_pod(ctx: &Arc<Ctx>, old: Option<&Pod>, new: Option<&Pod>) {
     crate::endpoints::on_pod(ctx, old, new);
     crate::scheduler::on_pod(ctx, old, new);

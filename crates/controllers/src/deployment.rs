@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
@@ -615,15 +614,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
         ctx.queues.deployments.add(key);
     }
     let queue = ctx.queues.deployments.clone();
-    crate::context::drive(queue.clone(), ctx.options.concurrent_writes, |key| {
+    crate::context::drive_with_retry(queue, ctx.options.concurrent_writes, "deployment", |key| {
         let ctx = ctx.clone();
-        let queue = queue.clone();
-        async move {
-            if let Err(error) = reconcile(&ctx, &key).await {
-                tracing::warn!(namespace = %key.0, deployment = %key.1, %error, "deployment sync failed; retrying");
-                queue.add_after(key, Duration::from_millis(500));
-            }
-        }
+        async move { reconcile(&ctx, &key).await.map(|()| None) }
     })
     .await;
 }

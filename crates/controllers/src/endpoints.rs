@@ -831,15 +831,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
         ctx.queues.endpoints.add(key);
     }
     let queue = ctx.queues.endpoints.clone();
-    crate::context::drive(queue.clone(), ctx.options.concurrent_writes, |key| {
+    crate::context::drive_with_retry(queue, ctx.options.concurrent_writes, "endpoints", |key| {
         let ctx = ctx.clone();
-        let queue = queue.clone();
-        async move {
-            if let Err(error) = reconcile(&ctx, &key).await {
-                tracing::warn!(namespace = %key.0, service = %key.1, %error, "endpoints sync failed; retrying");
-                queue.add_after(key, std::time::Duration::from_millis(500));
-            }
-        }
+        async move { reconcile(&ctx, &key).await.map(|()| None) }
     })
     .await;
 }

@@ -274,19 +274,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
         ctx.queues.replicasets.add(key);
     }
     let queue = ctx.queues.replicasets.clone();
-    crate::context::drive(queue.clone(), ctx.options.concurrent_writes, |key| {
+    crate::context::drive_with_retry(queue, ctx.options.concurrent_writes, "replicaset", |key| {
         let ctx = ctx.clone();
-        let queue = queue.clone();
-        async move {
-            match reconcile(&ctx, &key).await {
-                Ok(Some(after)) => queue.add_after(key, after),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(namespace = %key.0, replicaset = %key.1, %error, "replicaset sync failed; retrying");
-                    queue.add_after(key, Duration::from_millis(500));
-                }
-            }
-        }
+        async move { reconcile(&ctx, &key).await }
     })
     .await;
 }

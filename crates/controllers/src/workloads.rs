@@ -324,15 +324,9 @@ pub(crate) async fn run_statefulsets(ctx: Arc<Ctx>) {
         ctx.queues.statefulsets.add(key);
     }
     let queue = ctx.queues.statefulsets.clone();
-    crate::context::drive(queue.clone(), ctx.options.concurrent_writes, |key| {
+    crate::context::drive_with_retry(queue, ctx.options.concurrent_writes, "statefulset", |key| {
         let ctx = ctx.clone();
-        let queue = queue.clone();
-        async move {
-            if let Err(error) = sync_statefulset(&ctx, &key).await {
-                tracing::warn!(namespace = %key.0, statefulset = %key.1, %error, "statefulset sync failed; retrying");
-                queue.add_after(key, Duration::from_millis(500));
-            }
-        }
+        async move { sync_statefulset(&ctx, &key).await.map(|()| None) }
     })
     .await;
 }
@@ -412,16 +406,10 @@ pub(crate) async fn run_daemonsets(ctx: Arc<Ctx>) {
     // (daemonset, node) → when a pod was created there and not yet seen.
     let in_flight: Arc<Mutex<HashMap<(Key, String), Instant>>> = Default::default();
     let queue = ctx.queues.daemonsets.clone();
-    crate::context::drive(queue.clone(), ctx.options.concurrent_writes, |key| {
+    crate::context::drive_with_retry(queue, ctx.options.concurrent_writes, "daemonset", |key| {
         let ctx = ctx.clone();
-        let queue = queue.clone();
         let in_flight = in_flight.clone();
-        async move {
-            if let Err(error) = sync_daemonset(&ctx, &key, &in_flight).await {
-                tracing::warn!(namespace = %key.0, daemonset = %key.1, %error, "daemonset sync failed; retrying");
-                queue.add_after(key, Duration::from_millis(500));
-            }
-        }
+        async move { sync_daemonset(&ctx, &key, &in_flight).await.map(|()| None) }
     })
     .await;
 }
