@@ -995,12 +995,52 @@ fn cluster_dns_survives_the_loss_of_a_replica() {
     let want = [format!("{name} IN A {api_ip}")];
     assert_eq!(records(&d.q(name, "A")), want);
 
+    // The client always sends from one source port (as a long-lived resolver socket does), so the
+    // service's conntrack entry pins it to one replica: find that replica through the replicas' request
+    // counters, and delete exactly that one. Without conntrack cleanup the client would keep talking to
+    // the dead address.
+    let requests = |ip: &str| -> u64 {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-m", "3", &format!("http://{ip}:9153/metrics")])
+            .output()
+            .expect("curl");
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("coredns_dns_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let port = free_port();
+    let pinned = |d: &Dig, tries: &str| {
+        let source = format!("-b0.0.0.0#{port}");
+        stdout(&in_netns(
+            &d.netns,
+            &[
+                "dig", tries, "+time=1", "+nocmd", "+nostats", &source, &d.server, name, "A",
+            ],
+        ))
+    };
+    let before: Vec<u64> = pods.iter().map(|p| requests(&p[1])).collect();
+    for _ in 0..3 {
+        assert_eq!(records(&pinned(&d, "+tries=1")), want);
+    }
+    let after: Vec<u64> = pods.iter().map(|p| requests(&p[1])).collect();
+    let victim = (0..2)
+        .find(|&k| after[k] >= before[k] + 3)
+        .unwrap_or_else(|| panic!("no replica got the pinned queries: {before:?} -> {after:?}"));
+    assert_eq!(
+        after[1 - victim],
+        before[1 - victim],
+        "queries from one source port were spread"
+    );
+    let victim = pods[victim][0].clone();
+
     let del = c.kubectl(&[
         "delete",
         "pod",
         "-n",
         "kube-system",
-        &pods[0][0],
+        &victim,
         "--wait=false",
     ]);
     assert!(del.status.success(), "{}", text(&del));
@@ -1009,14 +1049,8 @@ fn cluster_dns_survives_the_loss_of_a_replica() {
     let mut failures = Vec::new();
     let mut sent = 0;
     while start.elapsed() < Duration::from_secs(4) {
-        let r = in_netns(
-            &d.netns,
-            &[
-                "dig", "+tries=2", "+time=1", "+nocmd", "+nostats", &d.server, name, "A",
-            ],
-        );
+        let r = pinned(&d, "+tries=2");
         sent += 1;
-        let r = stdout(&r);
         if records(&r) != want {
             failures.push(format!("{:?}: {r}", start.elapsed()));
         }
@@ -1042,9 +1076,7 @@ fn cluster_dns_survives_the_loss_of_a_replica() {
             ]));
             // The deleted pod is gone (it exits on SIGTERM) and two others are Ready.
             let listed: Vec<&str> = ready.split_whitespace().collect();
-            !listed
-                .iter()
-                .any(|p| p.starts_with(&format!("{}=", pods[0][0])))
+            !listed.iter().any(|p| p.starts_with(&format!("{victim}=")))
                 && listed.iter().filter(|p| p.ends_with("=True")).count() == 2
         }),
         "the deleted DNS pod was not replaced by a Ready one"
