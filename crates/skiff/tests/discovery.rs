@@ -578,7 +578,8 @@ spec:
              echo getent-kubernetes: $(/usr/bin/getent ahosts kubernetes.default | head -n1); \
              echo getent-missing: $(/usr/bin/getent hosts nope.default.svc.cluster.local || echo none); \
              echo wget-web: $(wget -q -O- http://web); \
-             echo wget-ext: $(wget -q -O- http://ext.default/)",
+             echo wget-ext: $(wget -q -O- http://ext.default/); \
+             echo nslookup: $(nslookup -type=a web.default.svc.cluster.local)",
         ),
     );
     let log = finished_log(&c, "default", "resolver", "main");
@@ -611,6 +612,14 @@ spec:
         "{log}"
     );
     assert_eq!(line("getent-missing"), "none", "{log}");
+    // busybox's own stub resolver reads the same resolv.conf.
+    assert_eq!(
+        line("nslookup"),
+        format!(
+            "Server: {dns} Address: {dns}:53 Name: web.default.svc.cluster.local Address: {web_ip}"
+        ),
+        "{log}"
+    );
     for key in ["wget-web", "wget-ext"] {
         let answer = line(key);
         assert!(
