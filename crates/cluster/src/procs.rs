@@ -56,6 +56,14 @@ pub fn spawn_detached(
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // A daemon must not keep descriptors its caller inherited without close-on-exec (a caller's
+            // `flock` lock, a test harness's pipe): mark every descriptor above stdio close-on-exec.
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }
