@@ -343,6 +343,11 @@ spec:
     let r = d.q(web_fqdn, "AAAA");
     assert_eq!(rcode(&r), "NOERROR", "{r}");
     assert!(answers(&r).is_empty(), "{r}");
+    let soa = section(&r, "AUTHORITY");
+    assert!(
+        soa.len() == 1 && soa[0].starts_with("cluster.local. 5 IN SOA "),
+        "{r}"
+    );
     // Case-insensitive, answering with the name as asked.
     let r = d.q("WEB.Default.SVC.cluster.local", "A");
     assert_eq!(
