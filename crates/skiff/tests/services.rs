@@ -276,7 +276,11 @@ spec:
   containers:
   - name: echo
     image: busybox
-    command: ["sh", "-c", "/usr/bin/socat UDP-RECVFROM:9000,fork SYSTEM:'echo udp-$HOSTNAME' & exec /usr/bin/socat TCP-LISTEN:9001,fork,reuseaddr SYSTEM:'echo tcp-$HOSTNAME'"]
+    command: ["sh", "-c", "/usr/bin/python3 -c \"$UDP_ECHO\" 9000 & exec /usr/bin/socat TCP-LISTEN:9001,fork,reuseaddr SYSTEM:'echo tcp-$HOSTNAME'"]
+    env:
+    - name: UDP_ECHO
+      # One socket answering every datagram (socat's UDP fork mode loses datagrams to its dying children).
+      value: "import os, socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', int(sys.argv[1]))); a = ('udp-' + os.environ['HOSTNAME'] + chr(10)).encode(); [s.sendto(a, s.recvfrom(2048)[1]) for _ in iter(int, 1)]"
     ports:
     - {name: udp-echo, containerPort: 9000, protocol: UDP}
     - {name: tcp-echo, containerPort: 9001}
@@ -290,7 +294,10 @@ spec:
   containers:
   - name: echo
     image: busybox
-    command: ["sh", "-c", "/usr/bin/socat UDP-RECVFROM:9100,fork SYSTEM:'echo udp-$HOSTNAME' & exec /usr/bin/socat TCP-LISTEN:9101,fork,reuseaddr SYSTEM:'echo tcp-$HOSTNAME'"]
+    command: ["sh", "-c", "/usr/bin/python3 -c \"$UDP_ECHO\" 9100 & exec /usr/bin/socat TCP-LISTEN:9101,fork,reuseaddr SYSTEM:'echo tcp-$HOSTNAME'"]
+    env:
+    - name: UDP_ECHO
+      value: "import os, socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', int(sys.argv[1]))); a = ('udp-' + os.environ['HOSTNAME'] + chr(10)).encode(); [s.sendto(a, s.recvfrom(2048)[1]) for _ in iter(int, 1)]"
     ports:
     - {name: udp-echo, containerPort: 9100, protocol: UDP}
     - {name: tcp-echo, containerPort: 9101}
@@ -324,7 +331,13 @@ fn socat_in(netns: Option<&str>, address: &str) -> Output {
     } else {
         "true"
     };
-    let script = format!("{input} | socat -t 2 -T 3 - {address}");
+    // UDP has no end of stream: socat waits -t after its input ends, which bounds the wait for the answer.
+    let wait = if address.starts_with("UDP") {
+        "0.5"
+    } else {
+        "2"
+    };
+    let script = format!("{input} | socat -t {wait} -T 3 - {address}");
     match netns {
         Some(ns) => in_netns(ns, &["sh", "-c", &script]),
         None => Command::new("sh")
@@ -417,6 +430,33 @@ fn udp_and_multi_port_service_and_rejections() {
             "UDP from {netns:?}"
         );
     }
+
+    // A UDP client that keeps its source port stays on one pod (one conntrack entry); when that pod goes away
+    // the stale entry is deleted and the same client's next datagrams reach the other pod, not a dead address.
+    let pinned = format!("UDP:{ip}:53,sourceport=40053,reuseaddr");
+    let out = socat_in(Some(&node1), &pinned);
+    let first = stdout(&out).trim().to_string();
+    let gone = first
+        .strip_prefix("udp-")
+        .unwrap_or_else(|| panic!("{}", text(&out)))
+        .to_string();
+    let other = if gone == "echo-a" { "echo-b" } else { "echo-a" };
+    for _ in 0..3 {
+        assert_eq!(stdout(&socat_in(Some(&node1), &pinned)).trim(), first);
+    }
+    let out = c.kubectl(&["delete", "pod", &gone, "--grace-period=1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_endpoints(&c, "echo", 1, Duration::from_secs(15));
+    let mut last = String::new();
+    let moved = wait_until(Duration::from_secs(5), || {
+        last = stdout(&socat_in(Some(&node1), &pinned)).trim().to_string();
+        last == format!("udp-{other}")
+    });
+    assert!(
+        moved,
+        "same UDP client after {gone} was deleted: {last:?}\n{}",
+        text(&c.in_node(1, &["conntrack", "-L", "-p", "udp", "--dport", "53"]))
+    );
 
     // No endpoints: "Connection refused" at once, from the host and from a node.
     let nothing = cluster_ip(&c, "nothing");
