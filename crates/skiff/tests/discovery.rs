@@ -1108,3 +1108,67 @@ fn cluster_dns_survives_the_loss_of_a_replica() {
         "the deleted DNS pod was not replaced by a Ready one"
     );
 }
+
+/// Issue 4: pods created and deleted through the agent leave nothing behind: rounds of ten pods, each
+/// round's network namespaces gone and the node's veth count back where it started, and no two pods
+/// sharing an address.
+#[test]
+fn pod_create_delete_rounds_leak_no_network_state() {
+    let c = TestCluster::new(1);
+    let out = c.up(&["--dns-replicas", "0"]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    let veths = || {
+        stdout(&c.in_node(1, &["ip", "-o", "link", "show", "type", "veth"]))
+            .lines()
+            .count()
+    };
+    let baseline = veths();
+    for round in 0..3 {
+        let mut m = String::new();
+        for k in 0..10 {
+            m += &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{k}\n  labels:\n    round: \"{round}\"\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: pause\n    image: registry.k8s.io/pause:3.9\n---\n"
+            );
+        }
+        create(&c, &format!("round-{round}"), &m);
+        let mut ips = std::collections::BTreeSet::new();
+        let mut netns = Vec::new();
+        for k in 0..10 {
+            let name = format!("p{k}");
+            ips.insert(wait_ready(&c, "default", &name));
+            netns.push(
+                c.pod_netns("default", &name)
+                    .unwrap_or_else(|| panic!("no netns recorded for {name}")),
+            );
+        }
+        assert_eq!(
+            ips.len(),
+            10,
+            "round {round}: live pods share addresses: {ips:?}"
+        );
+        assert_eq!(veths(), baseline + 10, "round {round}");
+        let del = c.kubectl(&["delete", "pods", "--all", "--wait=false"]);
+        assert!(del.status.success(), "{}", text(&del));
+        assert!(
+            wait_until(Duration::from_secs(20), || stdout(
+                &c.kubectl(&["get", "pods", "-o", "name"])
+            )
+            .is_empty()),
+            "round {round}: pods not deleted: {}",
+            text(&c.kubectl(&["get", "pods"]))
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || veths() == baseline),
+            "round {round}: veths left in the node: {}",
+            stdout(&c.in_node(1, &["ip", "-o", "link", "show", "type", "veth"]))
+        );
+        let left: Vec<&String> = netns
+            .iter()
+            .filter(|n| std::path::Path::new("/run/netns").join(n).exists())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "round {round}: network namespaces left: {left:?}"
+        );
+    }
+}
