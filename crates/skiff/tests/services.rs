@@ -211,6 +211,31 @@ fn seed_004_scale_source_ip_and_external_traffic_policy_local() {
     }
     assert!(seen.len() >= 3, "answers from the client pod: {seen:?}");
 
+    // The other service types from the client pod and from node-3: NodePort on another node's IP, the
+    // LoadBalancer address and the external IP.
+    let lb_ip = jsonpath(
+        &c,
+        &["svc", "demoapp-loadbalancer-svc"],
+        "{.status.loadBalancer.ingress[0].ip}",
+    );
+    assert!(!lb_ip.is_empty(), "no LoadBalancer ingress");
+    let node3 = c.node_netns(3);
+    for netns in [client_ns.as_str(), node3.as_str()] {
+        for url in [
+            format!("http://{}:31399/", c.node_ip(1)),
+            format!("http://{lb_ip}/"),
+            "http://172.30.0.100/".to_string(),
+        ] {
+            let answer = first_answer(Some(netns), &url);
+            let (_, server) =
+                demo_fields(&answer).unwrap_or_else(|| panic!("{url} from {netns}: {answer:?}"));
+            assert!(
+                demo_pods.contains(&server),
+                "{url} from {netns}: {answer:?}"
+            );
+        }
+    }
+
     // externalTrafficPolicy: Local with one replica.
     let out = c.kubectl(&[
         "patch",
@@ -260,6 +285,37 @@ fn seed_004_scale_source_ip_and_external_traffic_policy_local() {
         started.elapsed()
     );
     assert_eq!(out.status.code(), Some(28), "curl timeout: {}", text(&out));
+
+    // A LoadBalancer service with Local policy gets a healthCheckNodePort: 200 with the local endpoint count on
+    // the pod's node, 503 with 0 elsewhere (what cloud load balancers probe).
+    let out = c.kubectl(&[
+        "patch",
+        "svc",
+        "demoapp-loadbalancer-svc",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let hc = jsonpath(
+        &c,
+        &["svc", "demoapp-loadbalancer-svc"],
+        "{.spec.healthCheckNodePort}",
+    );
+    assert!(hc.parse::<u16>().is_ok(), "healthCheckNodePort {hc:?}");
+    for (i, code, count) in [(index, "200", 1), (other, "503", 0)] {
+        let url = format!("http://{}:{hc}/", c.node_ip(i));
+        let mut last = String::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "2", "-w", "\n%{http_code}", &url])
+                .output()
+                .expect("curl");
+            last = stdout(&out);
+            last.ends_with(&format!("\n{code}"))
+                && last.contains(&format!("\"localEndpoints\": {count}"))
+        });
+        assert!(ok, "health check on node-{i}: {last:?}");
+    }
 
     finish(c);
 }
