@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
