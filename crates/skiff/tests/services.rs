@@ -584,10 +584,21 @@ spec:
   selector: {app: solo}
   ports:
   - {name: http, port: 8080, targetPort: 80}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: solo-local
+spec:
+  selector: {app: solo}
+  internalTrafficPolicy: Local
+  ports:
+  - {name: http, port: 80, targetPort: 80}
 "#;
 
 /// `sessionAffinity: ClientIP` keeps a client on one pod while the same pods without affinity answer in turn;
-/// a pod reaches itself through its own service (hairpin).
+/// a pod reaches itself through its own service (hairpin); `internalTrafficPolicy: Local` answers only on the
+/// endpoint's node.
 #[test]
 fn session_affinity_and_hairpin() {
     let c = TestCluster::new(2);
@@ -596,6 +607,7 @@ fn session_affinity_and_hairpin() {
     wait_endpoints(&c, "web", 3, Duration::from_secs(20));
     wait_endpoints(&c, "web-sticky", 3, Duration::from_secs(5));
     wait_endpoints(&c, "solo", 1, Duration::from_secs(20));
+    wait_endpoints(&c, "solo-local", 1, Duration::from_secs(5));
     let web = cluster_ip(&c, "web");
     let sticky = cluster_ip(&c, "web-sticky");
     let node2 = c.node_netns(2);
@@ -621,6 +633,27 @@ fn session_affinity_and_hairpin() {
     let answer = first_answer(Some(&solo_ns), &format!("http://{solo}:8080/"));
     let (_, server) = demo_fields(&answer).unwrap_or_else(|| panic!("{answer:?}"));
     assert_eq!(server, "solo");
+
+    // internalTrafficPolicy: Local: from the node hosting `solo` the ClusterIP answers; from the other node,
+    // which has no local endpoint, the traffic is dropped (curl times out) as upstream.
+    let local_ip = cluster_ip(&c, "solo-local");
+    let node = jsonpath(&c, &["pod", "solo"], "{.spec.nodeName}");
+    let (here, there) = if node == "node-1" { (1, 2) } else { (2, 1) };
+    let answer = first_answer(Some(&c.node_netns(here)), &format!("http://{local_ip}/"));
+    assert_eq!(demo_fields(&answer).map(|f| f.1).as_deref(), Some("solo"));
+    let started = Instant::now();
+    let out = curl_in(
+        Some(&c.node_netns(there)),
+        2,
+        &format!("http://{local_ip}/"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(28),
+        "node-{there} has no local endpoint of solo-local: {} after {:?}",
+        text(&out),
+        started.elapsed()
+    );
 
     finish(c);
 }
