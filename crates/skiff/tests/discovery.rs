@@ -981,14 +981,15 @@ fn cluster_dns_survives_the_loss_of_a_replica() {
         "-o",
         "jsonpath={range .items[*]}{.metadata.name} {.status.podIP} {.spec.containers[0].readinessProbe.httpGet.path} {.spec.containers[0].livenessProbe.httpGet.path}{\"\\n\"}{end}",
     ]));
-    let pods: Vec<Vec<String>> = pods
+    let mut pods: Vec<Vec<String>> = pods
         .lines()
         .map(|l| l.split(' ').map(str::to_string).collect())
         .collect();
     assert_eq!(pods.len(), 2, "{pods:?}");
-    for p in &pods {
-        assert_eq!(p[2..], ["/ready", "/health"], "{pods:?}");
-        wait_ready(&c, "kube-system", &p[0]);
+    for p in pods.iter_mut() {
+        assert_eq!(p[2..], ["/ready", "/health"], "{p:?}");
+        // The IP as of Ready (the listing may predate it).
+        p[1] = wait_ready(&c, "kube-system", &p[0]);
         // What the probe sees: /ready answers OK once the server has synced.
         let out = std::process::Command::new("curl")
             .args(["-s", "-m", "3", &format!("http://{}:9153/ready", p[1])])
