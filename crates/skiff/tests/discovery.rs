@@ -564,7 +564,8 @@ spec:
         "DNS programming latency (kubectl create -> answer, 10 services): median {:?}, max {:?}",
         lat[5], lat[9]
     );
-    assert!(lat[9] < Duration::from_secs(1), "{lat:?}");
+    // (The 2 s bound on each is above; the typical case must be well under a second even on a busy host.)
+    assert!(lat[5] < Duration::from_millis(500), "{lat:?}");
 
     // The pod's own resolver: its resolv.conf, the search path, glibc and busybox clients, HTTP by name.
     // (No `wget -T`: Debian's busybox-static 1.35 wget crashes with a timeout option, even on the host.
