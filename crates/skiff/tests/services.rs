@@ -657,3 +657,163 @@ fn session_affinity_and_hairpin() {
 
     finish(c);
 }
+
+const CAT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cat
+  labels: {app: cat}
+spec:
+  containers:
+  - name: cat
+    image: busybox
+    command: ["sh", "-c", "exec /usr/bin/socat TCP-LISTEN:7007,fork,reuseaddr EXEC:/bin/cat"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: cat
+spec:
+  selector: {app: cat}
+  ports:
+  - {name: echo, port: 7, targetPort: 7007}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: doomed
+spec:
+  selector: {app: cat}
+  ports:
+  - {name: echo, port: 7, targetPort: 7007}
+"#;
+
+/// The service rules of node `i` (`nft list table ip skiff-proxy` in its namespace).
+fn node_rules(c: &TestCluster, i: u32) -> String {
+    stdout(&c.in_node(i, &["nft", "list", "table", "ip", "skiff-proxy"]))
+}
+
+/// A proxy restart: node-1's agent is killed (SIGKILL) and started again with the same command line in the
+/// node's namespace. A TCP connection established through a ClusterIP before keeps working, and a service
+/// deleted while the agent was down leaves no rule behind after the restart's full resync.
+#[test]
+fn agent_restart_keeps_connections_and_removes_stale_rules() {
+    let c = TestCluster::new(2);
+    up(&c, &["--dns-replicas", "0"]);
+    apply(&c, CAT);
+    wait_endpoints(&c, "cat", 1, Duration::from_secs(20));
+    wait_endpoints(&c, "doomed", 1, Duration::from_secs(5));
+    let ip = cluster_ip(&c, "cat");
+    let doomed = cluster_ip(&c, "doomed");
+    let node1 = c.node_netns(1);
+    let probe = format!("echo hi | socat -t 1 -T 3 - TCP:{ip}:7");
+    assert!(
+        wait_until(Duration::from_secs(10), || stdout(&in_netns(
+            &node1,
+            &["sh", "-c", &probe]
+        ))
+        .trim()
+            == "hi"),
+        "echo through {ip}:7 from node-1"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || node_rules(&c, 1)
+            .contains(&doomed)),
+        "{}",
+        node_rules(&c, 1)
+    );
+
+    // A long-lived connection from node-1 through the ClusterIP.
+    let mut client = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node1,
+            "socat",
+            "-",
+            &format!("TCP:{ip}:7"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat client");
+    let mut to_server = client.stdin.take().expect("client stdin");
+    let from_server = client.stdout.take().expect("client stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(from_server).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut echo = |word: &str| -> Option<String> {
+        writeln!(to_server, "{word}").ok()?;
+        to_server.flush().ok()?;
+        rx.recv_timeout(Duration::from_secs(3)).ok()
+    };
+    assert_eq!(echo("before").as_deref(), Some("before"));
+
+    // Kill node-1's agent, delete a service while it is down, start it again as `skiff up` did.
+    let pid_path = c.data_dir.join("run/node-1.pid");
+    let pid = pid_file(&c.data_dir, "node-1");
+    assert!(pid > 1, "node-1 pid file");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("agent command line");
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(wait_until(
+        Duration::from_secs(5),
+        || !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .is_empty()
+    ));
+    let out = c.kubectl(&["delete", "svc", "doomed"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(echo("agent down").as_deref(), Some("agent down"));
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(c.data_dir.join("logs/node-1.log"))
+        .expect("agent log");
+    let log2 = log.try_clone().expect("agent log");
+    // setsid execs in place (the spawned child is no group leader), so its pid is the agent's.
+    let agent = Command::new("setsid")
+        .arg("nsenter")
+        .arg(format!("--net=/run/netns/{node1}"))
+        .arg("--")
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .expect("restarting the agent");
+    std::fs::write(&pid_path, format!("{}\n", agent.id())).expect("pid file");
+
+    let mut rules = String::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            rules = node_rules(&c, 1);
+            rules.contains(&ip) && !rules.contains(&doomed)
+        }),
+        "after the restart node-1 still has {doomed} (or lost {ip}):\n{rules}"
+    );
+    assert_eq!(echo("after").as_deref(), Some("after"));
+    assert_eq!(
+        stdout(&in_netns(&node1, &["sh", "-c", &probe])).trim(),
+        "hi",
+        "a new connection after the restart"
+    );
+    drop(to_server);
+    let _ = client.kill();
+    let _ = client.wait();
+
+    finish(c);
+}
