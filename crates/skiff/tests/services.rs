@@ -627,9 +627,23 @@ fn session_affinity_and_hairpin() {
         );
     }
 
+    // From a pod (`solo` as the client): affinity holds too, and the answers show the pod's own IP.
+    let solo_ns = c.pod_netns("default", "solo").unwrap_or_default();
+    let solo_ip = pod_ip(&c, "solo");
+    let url = format!("http://{sticky}/");
+    first_answer(Some(&solo_ns), &url);
+    let mut pinned = BTreeSet::new();
+    for _ in 0..10 {
+        let out = curl_in(Some(&solo_ns), 3, &url);
+        let (client, server) =
+            demo_fields(&stdout(&out)).unwrap_or_else(|| panic!("from solo: {}", text(&out)));
+        assert_eq!(client, solo_ip, "pod -> service keeps the pod's IP");
+        pinned.insert(server);
+    }
+    assert_eq!(pinned.len(), 1, "ClientIP affinity from a pod: {pinned:?}");
+
     // Hairpin: the only endpoint of `solo` calls its own service and is answered by itself.
     let solo = cluster_ip(&c, "solo");
-    let solo_ns = c.pod_netns("default", "solo").unwrap_or_default();
     let answer = first_answer(Some(&solo_ns), &format!("http://{solo}:8080/"));
     let (_, server) = demo_fields(&answer).unwrap_or_else(|| panic!("{answer:?}"));
     assert_eq!(server, "solo");
