@@ -831,3 +831,96 @@ fn agent_restart_keeps_connections_and_removes_stale_rules() {
 
     finish(c);
 }
+
+const ROLLING: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: demoapp
+        image: ikubernetes/demoapp:v1.0
+        ports:
+        - {name: http, containerPort: 80}
+        readinessProbe:
+          httpGet: {path: /healthz, port: 80}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+"#;
+
+/// `kubectl rollout restart` replaces every pod while a client on node-1 keeps calling the ClusterIP: every
+/// request is answered (endpoints leave the rules before their pods go, new ones join once ready).
+#[test]
+fn rolling_update_drops_no_request() {
+    let c = TestCluster::new(2);
+    up(&c, &["--dns-replicas", "0"]);
+    apply(&c, ROLLING);
+    wait_endpoints(&c, "web", 3, Duration::from_secs(20));
+    let old_pods = pods(&c, "app=web");
+    let url = format!("http://{}/", cluster_ip(&c, "web"));
+    let node1 = c.node_netns(1);
+    first_answer(Some(&node1), &url);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let (stop, url, node1) = (stop.clone(), url.clone(), node1.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut servers = BTreeSet::new();
+            let mut count = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = curl_in(Some(&node1), 3, &url);
+                count += 1;
+                match demo_fields(&stdout(&out)) {
+                    Some((_, server)) => {
+                        servers.insert(server);
+                    }
+                    None => failures.push(text(&out)),
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            (count, failures, servers)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = c.kubectl(&["rollout", "restart", "deployment", "web"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut now = BTreeSet::new();
+    let rolled = wait_until(Duration::from_secs(40), || {
+        now = pods(&c, "app=web");
+        now.len() == 3 && now.is_disjoint(&old_pods) && endpoint_ips(&c, "web").len() == 3
+    });
+    // A little more traffic on the new pods only.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (count, failures, servers) = caller.join().expect("caller thread");
+    assert!(rolled, "rollout did not finish: {old_pods:?} -> {now:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {count} requests failed during the rollout:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        !servers.is_disjoint(&old_pods) && !servers.is_disjoint(&now),
+        "answers must come from old and new pods: {servers:?}, old {old_pods:?}, new {now:?}"
+    );
+
+    finish(c);
+}
