@@ -102,6 +102,11 @@ pub struct Options {
     /// Replicas of the cluster DNS Deployment (0: no cluster DNS).
     #[arg(long, default_value_t = 1)]
     pub dns_replicas: i32,
+    /// Upstream resolvers the cluster DNS forwards names outside the cluster domain to (ip[:port],
+    /// repeatable; `none`: no forwarding). Default: the nameservers of the host's /etc/resolv.conf. The host
+    /// does not NAT the node network, so an upstream must be reachable from it as it is.
+    #[arg(long = "dns-upstream")]
+    pub dns_upstream: Vec<String>,
     /// How long to wait for the cluster to become ready, in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -308,7 +313,7 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
     }
 
     if opts.dns_replicas > 0 {
-        create_dns(&client, &layout, opts.dns_replicas).await?;
+        create_dns(&client, &layout, opts.dns_replicas, &opts.dns_upstream).await?;
     }
 
     progress.step("waiting for nodes to be Ready");
@@ -543,7 +548,12 @@ where
     }
 }
 
-async fn create_dns(client: &kube::Client, layout: &Layout, replicas: i32) -> Result<(), Error> {
+async fn create_dns(
+    client: &kube::Client,
+    layout: &Layout,
+    replicas: i32,
+    upstreams: &[String],
+) -> Result<(), Error> {
     let ns = "kube-system";
     create_or_keep(
         &Api::<Service>::namespaced(client.clone(), ns),
@@ -553,7 +563,7 @@ async fn create_dns(client: &kube::Client, layout: &Layout, replicas: i32) -> Re
     .await?;
     create_or_keep(
         &Api::<Deployment>::namespaced(client.clone(), ns),
-        system::dns_deployment(replicas),
+        system::dns_deployment(replicas, upstreams),
         "deployment kube-system/skiff-dns",
     )
     .await

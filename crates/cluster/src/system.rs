@@ -15,9 +15,13 @@ pub const DEMO_CLUSTER_IP: &str = "10.97.72.1";
 pub const DEMO_EXTERNAL_IP: &str = "172.30.0.100";
 
 /// The cluster DNS Deployment. The node agent's image catalog resolves `skiff/dns` to `skiff dns
-/// --kubeconfig <the agent's --internal-kubeconfig>`, so the container needs no arguments.
-pub fn dns_deployment(replicas: i32) -> Value {
-    json!({
+/// --kubeconfig <the agent's --internal-kubeconfig>`; the container's args only name the upstreams, if any.
+pub fn dns_deployment(replicas: i32, upstreams: &[String]) -> Value {
+    let args: Vec<&str> = upstreams
+        .iter()
+        .flat_map(|u| ["--upstream", u.as_str()])
+        .collect();
+    let mut deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -63,7 +67,11 @@ pub fn dns_deployment(replicas: i32) -> Value {
                 }
             }
         }
-    })
+    });
+    if !args.is_empty() {
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"] = json!(args);
+    }
+    deployment
 }
 
 /// The `kube-dns` Service at the well-known cluster DNS address.
@@ -143,13 +151,28 @@ mod tests {
     #[test]
     fn dns_objects_deserialize_into_typed_objects() {
         let d: k8s_openapi::api::apps::v1::Deployment =
-            serde_json::from_value(dns_deployment(2)).unwrap();
+            serde_json::from_value(dns_deployment(2, &[])).unwrap();
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
         let c = &spec.template.spec.unwrap().containers[0];
         assert_eq!(c.image.as_deref(), Some("skiff/dns"));
         // The image catalog adds `--kubeconfig`; the Deployment must not repeat it.
         assert_eq!(c.args, None);
+        let with_upstream: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(dns_deployment(1, &["none".to_string()])).unwrap();
+        let args = with_upstream
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .args
+            .clone();
+        assert_eq!(
+            args,
+            Some(vec!["--upstream".to_string(), "none".to_string()])
+        );
         let ready = c
             .readiness_probe
             .as_ref()

@@ -60,8 +60,8 @@ pub struct Options {
     /// TTL of answers, in seconds.
     #[arg(long, default_value_t = 5)]
     pub ttl: u32,
-    /// Upstream resolvers for names outside the zone (ip or ip:port, repeatable). Default: the nameservers of
-    /// --resolv-conf, excluding this server itself.
+    /// Upstream resolvers for names outside the zone (ip or ip:port, repeatable; `none`: answer them
+    /// SERVFAIL without forwarding). Default: the nameservers of --resolv-conf, excluding this server itself.
     #[arg(long = "upstream")]
     pub upstream: Vec<String>,
     /// resolv.conf read for upstreams when --upstream is not given.
@@ -86,6 +86,9 @@ impl Options {
     }
 
     fn upstreams(&self) -> Result<Vec<SocketAddr>, Error> {
+        if self.upstream.iter().any(|u| u == "none") {
+            return Ok(Vec::new());
+        }
         if !self.upstream.is_empty() {
             return Ok(self
                 .upstream
@@ -194,4 +197,32 @@ pub async fn start(client: kube::Client, options: &Options) -> Result<Running, E
         watch::watch(client, builder, move |snap| publish_to.store(snap)).await;
     });
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(upstream: &[&str]) -> Options {
+        let mut o = Options::with_listen(
+            "127.0.0.1:53".parse().expect("literal"),
+            "127.0.0.1:9153".parse().expect("literal"),
+        );
+        o.upstream = upstream.iter().map(|s| s.to_string()).collect();
+        o.resolv_conf = "/nonexistent/resolv.conf".into();
+        o
+    }
+
+    #[test]
+    fn upstreams_parse_addresses_and_none_disables_forwarding() {
+        let explicit = options(&["10.0.0.2", "10.0.0.3:5353"]).upstreams().expect("parsed");
+        assert_eq!(
+            explicit,
+            vec![
+                "10.0.0.2:53".parse::<SocketAddr>().expect("literal"),
+                "10.0.0.3:5353".parse().expect("literal")
+            ]
+        );
+        assert_eq!(options(&["none"]).upstreams().expect("parsed"), vec![]);
+    }
 }

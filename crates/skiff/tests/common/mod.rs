@@ -110,6 +110,8 @@ impl TestCluster {
             &format!("172.31.{0}.200-172.31.{0}.250", self.octet),
         ])
         .args(["--api-port", &self.api_port.to_string(), "--timeout", "60"])
+        // Tests send no traffic off this machine: cluster DNS must not forward to the host's resolvers.
+        .args(["--dns-upstream", "none"])
         .args(extra)
         // --update-kubeconfig must never touch the real ~/.kube/config.
         .env("KUBECONFIG", self.user_kubeconfig());
