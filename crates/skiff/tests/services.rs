@@ -799,7 +799,7 @@ fn agent_restart_keeps_connections_and_removes_stale_rules() {
         .expect("agent log");
     let log2 = log.try_clone().expect("agent log");
     // setsid execs in place (the spawned child is no group leader), so its pid is the agent's.
-    let agent = Command::new("setsid")
+    let mut agent = Command::new("setsid")
         .arg("nsenter")
         .arg(format!("--net=/run/netns/{node1}"))
         .arg("--")
@@ -830,6 +830,8 @@ fn agent_restart_keeps_connections_and_removes_stale_rules() {
     let _ = client.wait();
 
     finish(c);
+    // `skiff down` stopped the restarted agent through its pid file; reap it.
+    let _ = agent.wait();
 }
 
 const ROLLING: &str = r#"
