@@ -847,9 +847,13 @@ spec:
     metadata:
       labels: {app: web}
     spec:
+      # A well-behaved server keeps serving for a while after SIGTERM (upstream's advice, often a preStop
+      # sleep): the demo server started with SIGTERM ignored, killed after the grace period.
+      terminationGracePeriodSeconds: 2
       containers:
       - name: demoapp
-        image: ikubernetes/demoapp:v1.0
+        image: busybox
+        command: ["sh", "-c", "trap '' TERM; exec SKIFF_BIN demoapp"]
         ports:
         - {name: http, containerPort: 80}
         readinessProbe:
@@ -867,12 +871,12 @@ spec:
 "#;
 
 /// `kubectl rollout restart` replaces every pod while a client on node-1 keeps calling the ClusterIP: every
-/// request is answered (endpoints leave the rules before their pods go, new ones join once ready).
+/// request is answered: a terminating pod leaves the rules while it still serves, new ones join once ready.
 #[test]
 fn rolling_update_drops_no_request() {
     let c = TestCluster::new(2);
     up(&c, &["--dns-replicas", "0"]);
-    apply(&c, ROLLING);
+    apply(&c, &ROLLING.replace("SKIFF_BIN", SKIFF));
     wait_endpoints(&c, "web", 3, Duration::from_secs(20));
     let old_pods = pods(&c, "app=web");
     let url = format!("http://{}/", cluster_ip(&c, "web"));
