@@ -226,8 +226,15 @@ fn tcp(ns: &str, addr: &str) -> Result<String, String> {
     }
 }
 
-/// One UDP datagram from namespace `ns` (optionally from a fixed source port); the answer or None.
+/// A UDP request from namespace `ns` (optionally from a fixed source port); the answer or None. UDP is lossy
+/// and socat's `UDP-RECVFROM,fork` drops a datagram now and then, so like a DNS client this tries three
+/// times (each from the same source port, so a stale conntrack entry still fails every try).
 fn udp(ns: &str, addr: &str, source_port: Option<u16>) -> Option<String> {
+    (0..3).find_map(|_| udp_once(ns, addr, source_port))
+}
+
+/// One UDP datagram and at most one second for its answer.
+fn udp_once(ns: &str, addr: &str, source_port: Option<u16>) -> Option<String> {
     let sp = source_port
         .map(|p| format!(",sourceport={p}"))
         .unwrap_or_default();
