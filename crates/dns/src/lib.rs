@@ -215,7 +215,9 @@ mod tests {
 
     #[test]
     fn upstreams_parse_addresses_and_none_disables_forwarding() {
-        let explicit = options(&["10.0.0.2", "10.0.0.3:5353"]).upstreams().expect("parsed");
+        let explicit = options(&["10.0.0.2", "10.0.0.3:5353"])
+            .upstreams()
+            .expect("parsed");
         assert_eq!(
             explicit,
             vec![

@@ -20,10 +20,11 @@ pub enum Error {
 
 /// A kube-rs client for the cluster described by the kubeconfig at `path` (its current context).
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+            path: path.display().to_string(),
+            source,
+        })?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|source| Error::Kubeconfig {
