@@ -582,9 +582,18 @@ async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
+/// Poll the blocking probe `f` (it runs socat) off the runtime's workers, so the agent under test keeps both
+/// of them, until it holds or 30 s have passed (a liveness bound for a loaded CI machine, not a latency goal).
+async fn eventually<F: FnMut() -> bool + Send + 'static>(what: &str, mut f: F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (done, probe) = tokio::task::spawn_blocking(move || (f(), f))
+            .await
+            .expect("probe task");
+        if done {
+            return;
+        }
+        f = probe;
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -655,8 +664,9 @@ async fn agent_programs_services_from_the_api() {
         "127.0.0.1".parse().unwrap(),
     ));
     let client_ns = topo.client.clone();
-    eventually("ClusterIP served", || {
-        tcp(&client_ns, "10.96.0.60:80").is_ok()
+    let probe_ns = client_ns.clone();
+    eventually("ClusterIP served", move || {
+        tcp(&probe_ns, "10.96.0.60:80").is_ok()
     })
     .await;
 
@@ -703,8 +713,9 @@ async fn agent_programs_services_from_the_api() {
         .delete("web-1", &DeleteParams::default())
         .await
         .expect("delete slice");
-    eventually("no-endpoint rejection", || {
-        tcp(&client_ns, "10.96.0.60:80").is_err_and(|e| e.contains("Connection refused"))
+    let probe_ns = client_ns.clone();
+    eventually("no-endpoint rejection", move || {
+        tcp(&probe_ns, "10.96.0.60:80").is_err_and(|e| e.contains("Connection refused"))
     })
     .await;
     agent.abort();
