@@ -95,6 +95,14 @@ fn has_cni_config(dir: &std::path::Path) -> bool {
     })
 }
 
+/// Where the agent's network configuration keeps IPAM allocations (`<data-dir>/ipam/<network>/<address>`).
+/// Absolute, because the plugin reads it from the configuration, not relative to the agent.
+pub fn ipam_data_dir(data_dir: &std::path::Path) -> PathBuf {
+    std::path::absolute(data_dir)
+        .unwrap_or_else(|_| data_dir.to_path_buf())
+        .join("ipam")
+}
+
 /// Write Skiff's network configuration when the conf dir has none (an existing one is the user's choice).
 fn ensure_cni_config(options: &Options, pod_cidr: &str) -> Result<(), Error> {
     if has_cni_config(&options.cni_conf_dir) {
@@ -108,7 +116,15 @@ fn ensure_cni_config(options: &Options, pod_cidr: &str) -> Result<(), Error> {
         "creating {}",
         options.cni_conf_dir.display()
     )))?;
-    let text = skiff_cni::config::skiff_conflist("skiff", cidr, options.pod_mtu);
+    // Allocations live under the agent's own data dir, not the machine-wide /var/lib/cni/networks: removing a
+    // node (`skiff down` deletes its data dir) then removes its allocations too, instead of leaving addresses
+    // reserved for the next cluster that gets the same podCIDR.
+    let text = skiff_cni::config::skiff_conflist_in(
+        "skiff",
+        cidr,
+        options.pod_mtu,
+        &ipam_data_dir(&options.data_dir),
+    );
     let path = options.cni_conf_dir.join(skiff_cni::config::CONFLIST_FILE);
     let tmp = options
         .cni_conf_dir
@@ -292,4 +308,60 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &std::path::Path) -> Options {
+        Options {
+            data_dir: dir.join("state"),
+            cni_conf_dir: dir.join("net.d"),
+            cni_bin_dirs: vec![],
+            cluster_dns: "10.96.0.10".into(),
+            cluster_domain: "cluster.local".into(),
+            image_catalog: None,
+            skiff_exe: None,
+            internal_kubeconfig: None,
+            pod_mtu: 1450,
+        }
+    }
+
+    #[test]
+    fn written_network_configuration_keeps_allocations_in_the_agent_data_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let opts = options(tmp.path());
+        ensure_cni_config(&opts, "10.244.3.0/24").expect("writing the conflist");
+        let written =
+            std::fs::read_to_string(opts.cni_conf_dir.join(skiff_cni::config::CONFLIST_FILE))
+                .expect("conflist written");
+        let expected = skiff_cni::config::skiff_conflist_in(
+            "skiff",
+            "10.244.3.0/24".parse().expect("cidr"),
+            1450,
+            &tmp.path().join("state/ipam"),
+        );
+        assert_eq!(written, expected);
+        assert!(
+            written.contains(&format!(
+                "\"dataDir\": \"{}/state/ipam\"",
+                tmp.path().display()
+            )),
+            "{written}"
+        );
+    }
+
+    #[test]
+    fn an_existing_network_configuration_is_left_alone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let opts = options(tmp.path());
+        std::fs::create_dir_all(&opts.cni_conf_dir).expect("mkdir");
+        std::fs::write(opts.cni_conf_dir.join("05-user.conflist"), "{}").expect("write");
+        ensure_cni_config(&opts, "10.244.3.0/24").expect("no-op");
+        assert!(!opts
+            .cni_conf_dir
+            .join(skiff_cni::config::CONFLIST_FILE)
+            .exists());
+    }
 }
