@@ -1,6 +1,7 @@
-//! Kernel-facing commands: `nft -f -` (one transaction per call), `conntrack -D`, `ip addr` for LoadBalancer
-//! addresses. A `Runner` can target another network namespace through `ip netns exec` (tests and benchmarks),
-//! so no thread of ours ever changes namespace.
+//! Kernel-facing commands: `nft -f -` (one transaction per call), nf_tables batches over netlink (endpoint
+//! moves), `conntrack -D`, `ip addr` for LoadBalancer addresses. A `Runner` can target another network namespace
+//! (tests and benchmarks): commands through `ip netns exec`, netlink from a short-lived thread of its own that
+//! enters the namespace, so no runtime thread ever changes namespace.
 
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -23,6 +24,14 @@ pub enum ApplyError {
         program: String,
         status: String,
         stderr: String,
+    },
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    #[error("entering network namespace {netns}: {source}")]
+    Netns {
+        netns: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -108,6 +117,34 @@ impl Runner {
         }
     }
 
+    /// Apply an nf_tables batch (one atomic transaction) over netlink.
+    pub async fn netlink(&self, batch: crate::netlink::Batch) -> Result<(), ApplyError> {
+        match self.netns.clone() {
+            // A thread of our own, so that entering the namespace never affects a runtime thread.
+            Some(ns) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let _ = tx
+                        .send(enter_netns(&ns).and_then(|()| {
+                            crate::netlink::apply(&batch).map_err(ApplyError::from)
+                        }));
+                });
+                rx.await.unwrap_or_else(|_| {
+                    Err(ApplyError::Netns {
+                        netns: self.netns.clone().unwrap_or_default(),
+                        source: std::io::Error::other("netlink thread ended without a result"),
+                    })
+                })
+            }
+            None => tokio::task::spawn_blocking(move || crate::netlink::apply(&batch))
+                .await
+                .map_err(|e| {
+                    ApplyError::Netlink(crate::netlink::NetlinkError::Io(std::io::Error::other(e)))
+                })?
+                .map_err(ApplyError::from),
+        }
+    }
+
     /// Delete the conntrack entries matching `filter`. "Nothing matched" is success.
     pub async fn conntrack_delete(&self, filter: &ConntrackFilter) -> Result<(), ApplyError> {
         let args = filter.args();
@@ -138,6 +175,21 @@ impl Runner {
             })
         }
     }
+}
+
+/// Move the calling thread into the named network namespace (`ip netns` naming).
+fn enter_netns(name: &str) -> Result<(), ApplyError> {
+    use std::os::fd::AsRawFd;
+    let err = |source| ApplyError::Netns {
+        netns: name.to_string(),
+        source,
+    };
+    let file = std::fs::File::open(format!("/var/run/netns/{name}")).map_err(err)?;
+    // SAFETY: setns on a valid namespace descriptor; only this thread's namespace changes.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 struct Output {

@@ -1,6 +1,6 @@
 //! kube-proxy for Skiff: watches Services, EndpointSlices and this Node through kube-rs, builds a pure rule model
-//! (`model`), renders it for nftables (`nft`) and applies it as one `nft -f -` transaction per sync (`apply`,
-//! `proxier`), incrementally after the first full sync. Also: stale UDP conntrack cleanup, health-check node
+//! (`model`), renders it for nftables (`nft`) and applies it as one transaction per sync (`apply`, `proxier`):
+//! `nft -f -` for full syncs and structural changes, a netlink batch (`netlink`) for endpoint moves. Also: stale UDP conntrack cleanup, health-check node
 //! ports for `externalTrafficPolicy: Local`, LoadBalancer address announcement, and Prometheus metrics.
 
 pub mod announce;
@@ -8,6 +8,7 @@ pub mod apply;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod proxier;
 

@@ -1,20 +1,29 @@
 //! nftables backend: the model rendered as one table (`ip skiff-proxy`), as a full script or as an incremental
-//! diff. Pure: text in, text out; the caller pipes it into one `nft -f -` run (one atomic kernel transaction).
+//! diff. Pure: text in, text out; the caller pipes a script into one `nft -f -` run, or (for diffs that only move
+//! endpoints) hands the diff to `netlink`, which encodes the same change as one kernel transaction.
 //!
-//! Layout (see `base_script`): verdict maps keyed by `daddr . l4proto . dport` dispatch to one chain per service
-//! port, so packet cost does not depend on the number of services. Endpoint choice is a cascade of
-//! `numgen random mod (n-i) == 0 ... dnat` rules inside that chain (uniform, as iptables' statistic cascade):
-//! measured on this kernel, per-service anonymous or named sets make a 10,000-service transaction quadratic in the
-//! kernel (set name allocation and binding walk every set / the whole batch), while chains and rules are hashed.
-//! Only services with `sessionAffinity: ClientIP` get sets (one per endpoint, as upstream kube-proxy).
+//! Layout (see `base`): verdict maps keyed by `daddr . l4proto . dport` dispatch to one chain per service port,
+//! so packet cost does not depend on the number of services. That chain picks an endpoint with one rule,
+//! `dnat ip to numgen random mod N offset K map @endpoints-S`: the endpoints are elements `K + i : ip . port` of
+//! one of `ENDPOINT_SHARDS` shared maps, in a block of keys owned by the chain (`EndpointGroups`). Why this shape,
+//! measured on this kernel (6.18):
+//! - an endpoint change is an element update of a map without verdicts: the kernel does not re-validate the
+//!   table (adding a `goto` element or a rule with `dnat` walks every reachable rule, ~16 ms at 10,000 services);
+//!   only a change in the number of endpoints replaces the chain's one rule;
+//! - binding a map walks its elements, and adding an element checks every rule bound to the map, so one map for
+//!   all endpoints is quadratic at scale; `ENDPOINT_SHARDS` maps keep both walks short;
+//! - per-service sets or chains of per-endpoint rules are slower still (kernel set creation walks every set).
+//!
+//! Services with `sessionAffinity: ClientIP` keep a cascade of `numgen` rules with one set per endpoint (as
+//! upstream kube-proxy), since the remembered endpoint must be matched per endpoint.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
-use crate::model::{Endpoint, ProxyModel, ServiceKey, ServiceModel, ServicePortModel};
+use crate::model::{Endpoint, Protocol, ProxyModel, ServiceKey, ServiceModel, ServicePortModel};
 
 /// Packet mark bit meaning "masquerade this connection in postrouting" (kube-proxy's value).
 pub const MASQUERADE_MARK: u32 = 0x4000;
@@ -25,6 +34,12 @@ pub const MAP_SERVICE_IPS: &str = "service-ips";
 pub const MAP_SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const MAP_NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const MAP_NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+
+/// Number of `endpoints-N` maps the endpoint groups are spread over (declared when first used).
+pub const ENDPOINT_SHARDS: u32 = 256;
+/// Keys per endpoint group: a dispatch chain chooses among at most this many endpoints (the first ones in the
+/// model's order; more endpoints behind one service port than this is far beyond upstream's guidance).
+pub const GROUP_CAPACITY: u32 = 4096;
 
 /// Backend settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +62,57 @@ impl Default for RenderConfig {
     }
 }
 
+/// A set or map of the table that elements go into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetName {
+    /// One of the shared sets / maps of the skeleton (`SET_*`, `MAP_*`).
+    Shared(&'static str),
+    /// `endpoints-N`: `offset + index : ip . port`.
+    Endpoints(u16),
+}
+
+impl fmt::Display for SetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetName::Shared(name) => f.write_str(name),
+            SetName::Endpoints(shard) => write!(f, "endpoints-{shard}"),
+        }
+    }
+}
+
+/// The single rule of a chain that picks one endpoint of its group at random.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatch {
+    pub protocol: Protocol,
+    /// Number of endpoints (> 0).
+    pub modulus: u32,
+    /// First key of the group in its map.
+    pub offset: u32,
+    pub shard: u16,
+}
+
+impl Dispatch {
+    fn rule(&self) -> String {
+        let offset = match self.offset {
+            0 => String::new(),
+            k => format!(" offset {k}"),
+        };
+        format!(
+            "meta l4proto {} dnat ip to numgen random mod {}{offset} map @{}",
+            self.protocol.as_str(),
+            self.modulus,
+            SetName::Endpoints(self.shard)
+        )
+    }
+}
+
 /// A chain owned by one service: its name and rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub name: String,
     pub rules: Vec<String>,
+    /// Set when the chain's only rule is this endpoint dispatch (then `rules` is its text).
+    pub dispatch: Option<Dispatch>,
 }
 
 /// A set owned by one service (affinity): its name and declaration body.
@@ -64,7 +125,7 @@ pub struct SetDecl {
 /// An element of one of the shared sets / maps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
-    pub set: &'static str,
+    pub set: SetName,
     pub key: String,
     pub data: Option<String>,
 }
@@ -75,6 +136,51 @@ pub struct Fragment {
     pub sets: Vec<SetDecl>,
     pub chains: Vec<Chain>,
     pub elements: Vec<Element>,
+}
+
+/// Which block of endpoint-map keys each dispatch chain owns. A chain keeps its block for its lifetime, so an
+/// endpoint change never moves other chains' keys; blocks of deleted chains are reused (lowest first).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointGroups {
+    ids: HashMap<String, u32>,
+    free: BTreeSet<u32>,
+    next: u32,
+}
+
+impl EndpointGroups {
+    fn id(&mut self, chain: &str) -> u32 {
+        if let Some(&id) = self.ids.get(chain) {
+            return id;
+        }
+        let id = match self.free.pop_first() {
+            Some(id) => id,
+            None => {
+                self.next += 1;
+                self.next - 1
+            }
+        };
+        self.ids.insert(chain.to_string(), id);
+        id
+    }
+
+    fn release(&mut self, chain: &str) {
+        if let Some(id) = self.ids.remove(chain) {
+            self.free.insert(id);
+        }
+    }
+
+    /// Keep only the groups of these chains.
+    fn retain(&mut self, live: &HashSet<&str>) {
+        let gone: Vec<String> = self
+            .ids
+            .keys()
+            .filter(|c| !live.contains(c.as_str()))
+            .cloned()
+            .collect();
+        for c in gone {
+            self.release(&c);
+        }
+    }
 }
 
 fn v4(ip: &IpAddr) -> Option<Ipv4Addr> {
@@ -94,28 +200,21 @@ fn affinity_set(id: &str, ep: (Ipv4Addr, u16)) -> String {
     format!("affinity-{id}__{}/{}", ep.0, ep.1)
 }
 
-/// The rules choosing one endpoint uniformly: rule i matches with probability 1/(n-i).
-fn cascade(p: &ServicePortModel, id: &str, eps: &[(Ipv4Addr, u16)], rules: &mut Vec<String>) {
+/// Affinity services: rules choosing one endpoint uniformly (rule i matches with probability 1/(n-i)), each
+/// remembering the client in the endpoint's set, after rules sending remembered clients back to their endpoint.
+fn affinity_cascade(
+    p: &ServicePortModel,
+    id: &str,
+    eps: &[(Ipv4Addr, u16)],
+    rules: &mut Vec<String>,
+) {
     let proto = p.name.protocol.as_str();
-    let update = |ep: (Ipv4Addr, u16)| -> String {
-        match p.affinity_timeout {
-            Some(_) => {
-                let set = affinity_set(id, ep);
-                format!("update @{set} {{ ip saddr }} ")
-            }
-            None => String::new(),
-        }
-    };
-    if p.affinity_timeout.is_some() {
-        for &ep in eps {
-            let set = affinity_set(id, ep);
-            rules.push(format!(
-                "ip saddr @{set} {}meta l4proto {proto} dnat to {}:{}",
-                update(ep),
-                ep.0,
-                ep.1
-            ));
-        }
+    for &ep in eps {
+        let set = affinity_set(id, ep);
+        rules.push(format!(
+            "ip saddr @{set} update @{set} {{ ip saddr }} meta l4proto {proto} dnat to {}:{}",
+            ep.0, ep.1
+        ));
     }
     let n = eps.len();
     for (i, &ep) in eps.iter().enumerate() {
@@ -124,151 +223,228 @@ fn cascade(p: &ServicePortModel, id: &str, eps: &[(Ipv4Addr, u16)], rules: &mut 
         } else {
             String::new()
         };
+        let set = affinity_set(id, ep);
         rules.push(format!(
-            "{pick}{}meta l4proto {proto} dnat to {}:{}",
-            update(ep),
-            ep.0,
-            ep.1
+            "{pick}update @{set} {{ ip saddr }} meta l4proto {proto} dnat to {}:{}",
+            ep.0, ep.1
         ));
     }
 }
 
-/// The fragment of one Service.
-pub fn service_fragment(svc: &ServiceModel, cfg: &RenderConfig) -> Fragment {
-    let mut f = Fragment::default();
-    for p in &svc.ports {
-        port_fragment(p, cfg, &mut f);
-    }
-    f
+/// Builds one service's fragment; `groups` hands out the endpoint-map key blocks.
+struct FragmentBuilder<'a> {
+    f: Fragment,
+    groups: &'a mut EndpointGroups,
 }
 
-fn port_fragment(p: &ServicePortModel, cfg: &RenderConfig, f: &mut Fragment) {
-    let id = p.name.to_string();
-    let proto = p.name.protocol.as_str();
-    let port = p.name.port;
-    let cluster = v4_endpoints(&p.cluster_endpoints);
-    let internal = v4_endpoints(p.internal_endpoints());
-    let external = v4_endpoints(p.external_endpoints());
-    let has_any = !cluster.is_empty();
-    let svc_chain = format!("svc-{id}");
-    let ext_chain = format!("ext-{id}");
-    let cluster_chain = format!("cluster-{id}");
-    // Without endpoints: reject at once (TCP reset / ICMP unreachable); but when endpoints exist elsewhere and
-    // a Local policy hides them, drop, as upstream.
-    let no_ep = |local: bool| -> String {
-        if local && has_any {
-            "drop".into()
-        } else {
-            "goto reject-chain".into()
-        }
-    };
-
-    let mut used: Vec<(Ipv4Addr, u16)> = Vec::new();
-    let mut el = |set: &'static str, key: String, data: Option<String>| {
-        f.elements.push(Element { set, key, data });
-    };
-    for ip in p.cluster_ips.iter().filter_map(v4) {
-        el(SET_CLUSTER_IPS, ip.to_string(), None);
-        let key = format!("{ip} . {proto} . {port}");
-        if internal.is_empty() {
-            el(MAP_NO_ENDPOINT_SERVICES, key, Some(no_ep(p.internal_local)));
-        } else {
-            el(MAP_SERVICE_IPS, key, Some(format!("goto {svc_chain}")));
-        }
-    }
-    let ext_ips: Vec<Ipv4Addr> = p
-        .external_ips
-        .iter()
-        .chain(&p.load_balancer_ips)
-        .filter_map(v4)
-        .collect();
-    let ext_live = p.externally_reachable() && !external.is_empty();
-    for ip in &ext_ips {
-        let key = format!("{ip} . {proto} . {port}");
-        if ext_live {
-            el(MAP_SERVICE_IPS, key, Some(format!("goto {ext_chain}")));
-        } else {
-            el(MAP_NO_ENDPOINT_SERVICES, key, Some(no_ep(p.external_local)));
-        }
-    }
-    if let Some(np) = p.node_port {
-        let key = format!("{proto} . {np}");
-        if ext_live {
-            el(
-                MAP_SERVICE_NODEPORTS,
-                key,
-                Some(format!("goto {ext_chain}")),
-            );
-        } else {
-            el(
-                MAP_NO_ENDPOINT_NODEPORTS,
-                key,
-                Some(no_ep(p.external_local)),
-            );
-        }
+impl FragmentBuilder<'_> {
+    fn element(&mut self, set: SetName, key: String, data: Option<String>) {
+        self.f.elements.push(Element { set, key, data });
     }
 
-    if !internal.is_empty() {
-        let mut rules = Vec::new();
-        if let Some(cidr) = cfg.cluster_cidr {
-            rules.push(format!("ip saddr != {cidr} jump mark-for-masquerade"));
-        }
-        cascade(p, &id, &internal, &mut rules);
-        used.extend(&internal);
-        f.chains.push(Chain {
-            name: svc_chain.clone(),
-            rules,
-        });
-    }
-    if ext_live {
-        // Where traffic goes when it may use any endpoint of the cluster.
-        let cluster_target = if p.internal_local {
-            let mut rules = Vec::new();
-            cascade(p, &id, &cluster, &mut rules);
-            used.extend(&cluster);
-            f.chains.push(Chain {
-                name: cluster_chain.clone(),
+    /// A chain that ends by picking one of `eps` (non-empty): `prefix` rules first, then the choice. Without
+    /// affinity and without prefix rules, the chain is a dispatch chain; with prefix rules, the choice moves to
+    /// a dispatch chain of its own (`pick_chain`) so that an endpoint change never touches the prefix.
+    fn choosing_chain(
+        &mut self,
+        p: &ServicePortModel,
+        name: String,
+        prefix: Vec<String>,
+        pick_chain: Option<String>,
+        eps: &[(Ipv4Addr, u16)],
+    ) {
+        let id = p.name.to_string();
+        let mut rules = prefix;
+        if p.affinity_timeout.is_some() {
+            affinity_cascade(p, &id, eps, &mut rules);
+            self.f.chains.push(Chain {
+                name,
                 rules,
+                dispatch: None,
             });
-            cluster_chain
-        } else {
-            svc_chain
-        };
-        let mut rules = Vec::new();
-        if p.external_local {
-            if let Some(cidr) = cfg.cluster_cidr {
-                // Pods reaching an external address of the service are not "external": any endpoint will do.
-                rules.push(format!("ip saddr {cidr} goto {cluster_target}"));
+            return;
+        }
+        match pick_chain {
+            Some(pick) if !rules.is_empty() => {
+                rules.push(format!("goto {pick}"));
+                self.f.chains.push(Chain {
+                    name,
+                    rules,
+                    dispatch: None,
+                });
+                self.dispatch_chain(p, pick, eps);
             }
-            // Traffic from the node itself cannot keep its source IP (the reply would not come back).
-            rules.push("fib saddr type local jump mark-for-masquerade".into());
-            rules.push(format!("fib saddr type local goto {cluster_target}"));
-            cascade(p, &id, &external, &mut rules);
-            used.extend(&external);
-        } else {
-            rules.push("jump mark-for-masquerade".into());
-            rules.push(format!("goto {cluster_target}"));
-        }
-        f.chains.push(Chain {
-            name: ext_chain,
-            rules,
-        });
-    }
-    used.sort();
-    used.dedup();
-    for ep in &used {
-        f.elements.push(Element {
-            set: SET_HAIRPIN,
-            key: format!("{} . {}", ep.0, ep.0),
-            data: None,
-        });
-        if let Some(t) = p.affinity_timeout {
-            f.sets.push(SetDecl {
-                name: affinity_set(&id, *ep),
-                decl: format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {t}s ; }}"),
-            });
+            _ => self.dispatch_chain(p, name, eps),
         }
     }
+
+    fn dispatch_chain(&mut self, p: &ServicePortModel, name: String, eps: &[(Ipv4Addr, u16)]) {
+        let group = self.groups.id(&name);
+        let eps = &eps[..eps.len().min(GROUP_CAPACITY as usize)];
+        let d = Dispatch {
+            protocol: p.name.protocol,
+            modulus: eps.len() as u32,
+            offset: group.saturating_mul(GROUP_CAPACITY),
+            shard: (group % ENDPOINT_SHARDS) as u16,
+        };
+        for (i, ep) in eps.iter().enumerate() {
+            self.element(
+                SetName::Endpoints(d.shard),
+                (d.offset + i as u32).to_string(),
+                Some(format!("{} . {}", ep.0, ep.1)),
+            );
+        }
+        self.f.chains.push(Chain {
+            name,
+            rules: vec![d.rule()],
+            dispatch: Some(d),
+        });
+    }
+
+    fn port(&mut self, p: &ServicePortModel, cfg: &RenderConfig) {
+        let id = p.name.to_string();
+        let proto = p.name.protocol.as_str();
+        let port = p.name.port;
+        let cluster = v4_endpoints(&p.cluster_endpoints);
+        let internal = v4_endpoints(p.internal_endpoints());
+        let external = v4_endpoints(p.external_endpoints());
+        let has_any = !cluster.is_empty();
+        let svc_chain = format!("svc-{id}");
+        let ext_chain = format!("ext-{id}");
+        let cluster_chain = format!("cluster-{id}");
+        // Without endpoints: reject at once (TCP reset / ICMP unreachable); but when endpoints exist elsewhere
+        // and a Local policy hides them, drop, as upstream.
+        let no_ep = |local: bool| -> String {
+            if local && has_any {
+                "drop".into()
+            } else {
+                "goto reject-chain".into()
+            }
+        };
+        let shared = SetName::Shared;
+
+        for ip in p.cluster_ips.iter().filter_map(v4) {
+            self.element(shared(SET_CLUSTER_IPS), ip.to_string(), None);
+            let key = format!("{ip} . {proto} . {port}");
+            if internal.is_empty() {
+                self.element(
+                    shared(MAP_NO_ENDPOINT_SERVICES),
+                    key,
+                    Some(no_ep(p.internal_local)),
+                );
+            } else {
+                self.element(
+                    shared(MAP_SERVICE_IPS),
+                    key,
+                    Some(format!("goto {svc_chain}")),
+                );
+            }
+        }
+        let ext_ips: Vec<Ipv4Addr> = p
+            .external_ips
+            .iter()
+            .chain(&p.load_balancer_ips)
+            .filter_map(v4)
+            .collect();
+        let ext_live = p.externally_reachable() && !external.is_empty();
+        for ip in &ext_ips {
+            let key = format!("{ip} . {proto} . {port}");
+            if ext_live {
+                self.element(
+                    shared(MAP_SERVICE_IPS),
+                    key,
+                    Some(format!("goto {ext_chain}")),
+                );
+            } else {
+                self.element(
+                    shared(MAP_NO_ENDPOINT_SERVICES),
+                    key,
+                    Some(no_ep(p.external_local)),
+                );
+            }
+        }
+        if let Some(np) = p.node_port {
+            let key = format!("{proto} . {np}");
+            if ext_live {
+                self.element(
+                    shared(MAP_SERVICE_NODEPORTS),
+                    key,
+                    Some(format!("goto {ext_chain}")),
+                );
+            } else {
+                self.element(
+                    shared(MAP_NO_ENDPOINT_NODEPORTS),
+                    key,
+                    Some(no_ep(p.external_local)),
+                );
+            }
+        }
+
+        let mut used: Vec<(Ipv4Addr, u16)> = Vec::new();
+        if !internal.is_empty() {
+            self.choosing_chain(p, svc_chain.clone(), Vec::new(), None, &internal);
+            used.extend(&internal);
+        }
+        if ext_live {
+            // Where traffic goes when it may use any endpoint of the cluster.
+            let cluster_target = if p.internal_local {
+                self.choosing_chain(p, cluster_chain.clone(), Vec::new(), None, &cluster);
+                used.extend(&cluster);
+                cluster_chain
+            } else {
+                svc_chain
+            };
+            if p.external_local {
+                let mut prefix = Vec::new();
+                if let Some(cidr) = cfg.cluster_cidr {
+                    // Pods reaching an external address of the service are not "external": any endpoint will do.
+                    prefix.push(format!("ip saddr {cidr} goto {cluster_target}"));
+                }
+                // Traffic from the node itself cannot keep its source IP (the reply would not come back).
+                prefix.push("fib saddr type local jump mark-for-masquerade".into());
+                prefix.push(format!("fib saddr type local goto {cluster_target}"));
+                let local_chain = format!("local-{id}");
+                self.choosing_chain(p, ext_chain, prefix, Some(local_chain), &external);
+                used.extend(&external);
+            } else {
+                self.f.chains.push(Chain {
+                    name: ext_chain,
+                    rules: vec![
+                        "jump mark-for-masquerade".into(),
+                        format!("goto {cluster_target}"),
+                    ],
+                    dispatch: None,
+                });
+            }
+        }
+        used.sort();
+        used.dedup();
+        for ep in &used {
+            self.element(shared(SET_HAIRPIN), format!("{} . {}", ep.0, ep.0), None);
+            if let Some(t) = p.affinity_timeout {
+                self.f.sets.push(SetDecl {
+                    name: affinity_set(&id, *ep),
+                    decl: format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {t}s ; }}"),
+                });
+            }
+        }
+    }
+}
+
+/// The fragment of one Service, with endpoint blocks from `groups`.
+pub fn service_fragment(
+    svc: &ServiceModel,
+    cfg: &RenderConfig,
+    groups: &mut EndpointGroups,
+) -> Fragment {
+    let mut b = FragmentBuilder {
+        f: Fragment::default(),
+        groups,
+    };
+    for p in &svc.ports {
+        b.port(p, cfg);
+    }
+    b.f
 }
 
 /// The static skeleton: shared sets and maps, base chains and dispatch. Declarations and rules are separate
@@ -340,6 +516,13 @@ fn base(cfg: &RenderConfig) -> (Vec<String>, Vec<String>) {
     }
     r("reject-chain", "meta l4proto tcp reject with tcp reset");
     r("reject-chain", "reject with icmp type port-unreachable");
+    if let Some(cidr) = cfg.cluster_cidr {
+        // Off-cluster sources reaching a ClusterIP are masqueraded so that replies come back through this node.
+        r(
+            "services",
+            &format!("ip daddr @{SET_CLUSTER_IPS} ip saddr != {cidr} jump mark-for-masquerade"),
+        );
+    }
     r(
         "services",
         &format!("ip daddr . meta l4proto . th dport vmap @{MAP_SERVICE_IPS}"),
@@ -377,6 +560,14 @@ fn element_text(e: &Element) -> String {
     }
 }
 
+/// Declaration of one endpoint map.
+fn shard_decl(table: &str, shard: u16) -> String {
+    format!(
+        "add map ip {table} {} {{ typeof numgen random mod 1 : ip daddr . th dport ; comment \"endpoint groups: offset + index : endpoint\" ; }}",
+        SetName::Endpoints(shard)
+    )
+}
+
 /// A fragment as remembered after installation: chain rules only as a hash (enough to tell a change), which
 /// keeps the installed program small at 10,000 services.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -408,7 +599,7 @@ impl Stored {
 }
 
 /// What is installed in the kernel (or about to be): per-service fragments and reference-counted shared elements.
-/// `full` and `update` keep it in step with the scripts they return.
+/// `full` and `update` keep it in step with the changes they return.
 #[derive(Debug, Default)]
 pub struct Program {
     cfg: Option<RenderConfig>,
@@ -418,7 +609,10 @@ pub struct Program {
     /// takes over when the winner goes, instead of failing the whole transaction with "File exists".
     /// A small sorted vector per key (almost always one value): a BTreeMap per key cost ~0.5 KB × 110,000
     /// keys at 10,000 services.
-    elements: HashMap<(&'static str, String), Counts>,
+    elements: HashMap<(SetName, String), Counts>,
+    groups: EndpointGroups,
+    /// Endpoint maps that exist in the table.
+    shards: BTreeSet<u16>,
 }
 
 /// A change in how many services claim one value of a key.
@@ -445,7 +639,7 @@ fn bump(m: &mut Counts, data: &Option<String>, d: i64) {
     }
 }
 
-fn installed(v: Option<&Counts>, set: &'static str, key: &str) -> Option<Element> {
+fn installed(v: Option<&Counts>, set: SetName, key: &str) -> Option<Element> {
     v.and_then(|m| m.first()).map(|(d, _)| Element {
         set,
         key: key.to_string(),
@@ -453,15 +647,112 @@ fn installed(v: Option<&Counts>, set: &'static str, key: &str) -> Option<Element
     })
 }
 
+fn shards_of(elements: &[Element]) -> impl Iterator<Item = u16> + '_ {
+    elements.iter().filter_map(|e| match e.set {
+        SetName::Endpoints(s) => Some(s),
+        SetName::Shared(_) => None,
+    })
+}
+
 /// Elements added per `add element` command: large enough to keep the script short, small enough for nft.
 const ELEMENT_BATCH: usize = 1000;
+
+/// One incremental change of the table, in the order it must be applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub new_shards: Vec<u16>,
+    pub new_sets: Vec<SetDecl>,
+    pub new_chains: Vec<Chain>,
+    /// Chains whose rules are replaced (flushed and refilled).
+    pub changed_chains: Vec<Chain>,
+    pub deleted_elements: Vec<Element>,
+    pub added_elements: Vec<Element>,
+    pub gone_chains: Vec<String>,
+    pub gone_sets: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        *self == Diff::default()
+    }
+
+    /// Whether the change only moves endpoints: element updates and rewritten dispatch chains, nothing created
+    /// or deleted. That is the shape `netlink` encodes directly.
+    pub fn moves_endpoints_only(&self) -> bool {
+        self.new_shards.is_empty()
+            && self.new_sets.is_empty()
+            && self.new_chains.is_empty()
+            && self.gone_chains.is_empty()
+            && self.gone_sets.is_empty()
+            && self.changed_chains.iter().all(|c| c.dispatch.is_some())
+    }
+
+    /// The change as an `nft -f` script (one transaction).
+    pub fn script(&self, cfg: &RenderConfig) -> String {
+        let t = &cfg.table;
+        let mut out = String::new();
+        // 1. New objects exist before anything refers to them.
+        for shard in &self.new_shards {
+            out.push_str(&shard_decl(t, *shard));
+            out.push('\n');
+        }
+        for s in &self.new_sets {
+            let _ = writeln!(out, "add set ip {t} {} {}", s.name, s.decl);
+        }
+        for c in &self.new_chains {
+            let _ = writeln!(out, "add chain ip {t} {}", c.name);
+        }
+        // 2. Rewrite changed chains, fill new ones.
+        for c in &self.changed_chains {
+            let _ = writeln!(out, "flush chain ip {t} {}", c.name);
+        }
+        for c in self.new_chains.iter().chain(&self.changed_chains) {
+            for r in &c.rules {
+                let _ = writeln!(out, "add rule ip {t} {} {r}", c.name);
+            }
+        }
+        // 3. Element diffs: deletions first, so a key whose value changed is re-added cleanly.
+        write_elements(&mut out, t, "delete", &self.deleted_elements);
+        write_elements(&mut out, t, "add", &self.added_elements);
+        // 4. Gone chains: empty them all first (one may jump to another), then delete; then their sets.
+        for c in &self.gone_chains {
+            let _ = writeln!(out, "flush chain ip {t} {c}");
+        }
+        for c in &self.gone_chains {
+            let _ = writeln!(out, "delete chain ip {t} {c}");
+        }
+        for s in &self.gone_sets {
+            let _ = writeln!(out, "delete set ip {t} {s}");
+        }
+        out
+    }
+}
 
 impl Program {
     pub fn new() -> Program {
         Program::default()
     }
 
-    /// Replace everything: the script recreates the table from scratch in one transaction.
+    /// The fragment of one service, with its endpoint blocks (stable while its chains exist).
+    pub fn fragment(&mut self, svc: &ServiceModel, cfg: &RenderConfig) -> Fragment {
+        service_fragment(svc, cfg, &mut self.groups)
+    }
+
+    /// All fragments of a model.
+    pub fn fragments(
+        &mut self,
+        model: &ProxyModel,
+        cfg: &RenderConfig,
+    ) -> BTreeMap<ServiceKey, Fragment> {
+        model
+            .services
+            .iter()
+            .map(|(k, s)| (k.clone(), self.fragment(s, cfg)))
+            .collect()
+    }
+
+    /// Replace everything: the script recreates the table from scratch in one transaction. The fragments must
+    /// come from this program's `fragment`.
     pub fn full(
         &mut self,
         cfg: &RenderConfig,
@@ -480,8 +771,16 @@ impl Program {
             out.push_str(&l);
             out.push('\n');
         }
+        self.shards = fragments
+            .values()
+            .flat_map(|f| shards_of(&f.elements))
+            .collect();
+        for shard in &self.shards {
+            out.push_str(&shard_decl(t, *shard));
+            out.push('\n');
+        }
         self.elements.clear();
-        let mut order: Vec<(&'static str, String)> = Vec::new();
+        let mut order: Vec<(SetName, String)> = Vec::new();
         for f in fragments.values() {
             for s in &f.sets {
                 let _ = writeln!(out, "add set ip {t} {} {}", s.name, s.decl);
@@ -500,7 +799,7 @@ impl Program {
         }
         let order: Vec<Element> = order
             .iter()
-            .filter_map(|(set, key)| installed(self.elements.get(&(*set, key.clone())), set, key))
+            .filter_map(|(set, key)| installed(self.elements.get(&(*set, key.clone())), *set, key))
             .collect();
         for l in rules {
             out.push_str(&l);
@@ -514,9 +813,14 @@ impl Program {
             }
         }
         write_elements(&mut out, t, "add", &order);
+        let live: HashSet<&str> = fragments
+            .values()
+            .flat_map(|f| f.chains.iter().map(|c| c.name.as_str()))
+            .collect();
+        self.groups.retain(&live);
         self.fragments = fragments
-            .into_iter()
-            .map(|(k, f)| (k, Stored::of(&f)))
+            .iter()
+            .map(|(k, f)| (k.clone(), Stored::of(f)))
             .collect();
         self.cfg = Some(cfg.clone());
         out
@@ -541,17 +845,12 @@ impl Program {
         self.fragments.is_empty()
     }
 
-    /// Move the given services to their new fragments (None: service gone). Returns the script doing exactly
-    /// that (empty when nothing changed), or None when the change needs a full sync (an affinity set's
+    /// Move the given services to their new fragments (from `fragment`; None: service gone). Returns the change
+    /// doing exactly that (empty when nothing changed), or None when it needs a full sync (an affinity set's
     /// declaration changed, which nftables cannot alter in place).
-    pub fn update(&mut self, changes: Vec<(ServiceKey, Option<Fragment>)>) -> Option<String> {
-        let cfg = self.cfg.clone()?;
-        let t = &cfg.table;
-        let mut new_sets = Vec::new();
-        let mut gone_sets = Vec::new();
-        let mut new_chains: Vec<&Chain> = Vec::new();
-        let mut changed_chains: Vec<&Chain> = Vec::new();
-        let mut gone_chains: Vec<String> = Vec::new();
+    pub fn update(&mut self, changes: Vec<(ServiceKey, Option<Fragment>)>) -> Option<Diff> {
+        self.cfg.as_ref()?;
+        let mut diff = Diff::default();
         let mut delta: HashMap<Element, i64> = HashMap::new();
         let empty_stored = Stored::default();
         let empty = Fragment::default();
@@ -570,37 +869,37 @@ impl Program {
                 .iter()
                 .map(|s| (s.name.as_str(), s.decl.as_str()))
                 .collect();
-            let new_set_names: HashMap<&str, &str> = new
-                .sets
-                .iter()
-                .map(|s| (s.name.as_str(), s.decl.as_str()))
-                .collect();
+            let new_set_names: HashSet<&str> = new.sets.iter().map(|s| s.name.as_str()).collect();
             for s in &new.sets {
                 match old_sets.get(s.name.as_str()) {
-                    None => new_sets.push(s),
+                    None => diff.new_sets.push(s.clone()),
                     Some(d) if *d != s.decl => return None,
                     Some(_) => {}
                 }
             }
             for s in &old.sets {
-                if !new_set_names.contains_key(s.name.as_str()) {
-                    gone_sets.push(s.name.clone());
+                if !new_set_names.contains(s.name.as_str()) {
+                    diff.gone_sets.push(s.name.clone());
                 }
             }
             let old_chains: HashMap<&str, u64> =
                 old.chains.iter().map(|(n, h)| (n.as_str(), *h)).collect();
-            let new_names: HashMap<&str, ()> =
-                new.chains.iter().map(|c| (c.name.as_str(), ())).collect();
+            let new_names: HashSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
             for c in &new.chains {
                 match old_chains.get(c.name.as_str()) {
-                    None => new_chains.push(c),
-                    Some(h) if *h != rules_hash(&c.rules) => changed_chains.push(c),
+                    None => diff.new_chains.push(c.clone()),
+                    Some(h) if *h != rules_hash(&c.rules) => diff.changed_chains.push(c.clone()),
                     Some(_) => {}
                 }
             }
             for (name, _) in &old.chains {
-                if !new_names.contains_key(name.as_str()) {
-                    gone_chains.push(name.clone());
+                if !new_names.contains(name.as_str()) {
+                    diff.gone_chains.push(name.clone());
+                }
+            }
+            for s in shards_of(&new.elements) {
+                if self.shards.insert(s) {
+                    diff.new_shards.push(s);
                 }
             }
             for e in &old.elements {
@@ -610,27 +909,7 @@ impl Program {
                 *delta.entry(e.clone()).or_insert(0) += 1;
             }
         }
-        let mut out = String::new();
-        // 1. New objects exist before anything refers to them.
-        for s in &new_sets {
-            let _ = writeln!(out, "add set ip {t} {} {}", s.name, s.decl);
-        }
-        for c in &new_chains {
-            let _ = writeln!(out, "add chain ip {t} {}", c.name);
-        }
-        // 2. Rewrite changed chains, fill new ones.
-        for c in &changed_chains {
-            let _ = writeln!(out, "flush chain ip {t} {}", c.name);
-        }
-        for c in new_chains.iter().chain(&changed_chains) {
-            for r in &c.rules {
-                let _ = writeln!(out, "add rule ip {t} {} {r}", c.name);
-            }
-        }
-        // 3. Element diffs: deletions first, so a key whose verdict changed is re-added cleanly.
-        let mut adds = Vec::new();
-        let mut dels = Vec::new();
-        let mut per_key: BTreeMap<(&'static str, String), Vec<ElementDelta>> = BTreeMap::new();
+        let mut per_key: BTreeMap<(SetName, String), Vec<ElementDelta>> = BTreeMap::new();
         for (e, d) in delta {
             if d != 0 {
                 per_key.entry((e.set, e.key)).or_default().push((e.data, d));
@@ -649,24 +928,15 @@ impl Program {
             }
             if before != after {
                 if let Some(b) = before {
-                    dels.push(b);
+                    diff.deleted_elements.push(b);
                 }
                 if let Some(a) = after {
-                    adds.push(a);
+                    diff.added_elements.push(a);
                 }
             }
         }
-        write_elements(&mut out, t, "delete", &dels);
-        write_elements(&mut out, t, "add", &adds);
-        // 4. Gone chains: empty them all first (one may jump to another), then delete; then their sets.
-        for c in &gone_chains {
-            let _ = writeln!(out, "flush chain ip {t} {c}");
-        }
-        for c in &gone_chains {
-            let _ = writeln!(out, "delete chain ip {t} {c}");
-        }
-        for s in &gone_sets {
-            let _ = writeln!(out, "delete set ip {t} {s}");
+        for c in &diff.gone_chains {
+            self.groups.release(c);
         }
         for (key, new) in stored {
             match new {
@@ -678,14 +948,14 @@ impl Program {
                 }
             }
         }
-        Some(out)
+        Some(diff)
     }
 }
 
 fn write_elements(out: &mut String, table: &str, verb: &str, elements: &[Element]) {
     // Group per set, keeping first-seen order (deterministic for golden tests).
-    let mut sets: Vec<&'static str> = Vec::new();
-    let mut per: HashMap<&'static str, Vec<&Element>> = HashMap::new();
+    let mut sets: Vec<SetName> = Vec::new();
+    let mut per: HashMap<SetName, Vec<&Element>> = HashMap::new();
     for e in elements {
         per.entry(e.set)
             .or_insert_with(|| {
@@ -695,7 +965,7 @@ fn write_elements(out: &mut String, table: &str, verb: &str, elements: &[Element
             .push(e);
     }
     for set in sets {
-        for chunk in per[set].chunks(ELEMENT_BATCH) {
+        for chunk in per[&set].chunks(ELEMENT_BATCH) {
             let items: Vec<String> = chunk
                 .iter()
                 .map(|e| {
@@ -715,23 +985,20 @@ fn write_elements(out: &mut String, table: &str, verb: &str, elements: &[Element
     }
 }
 
-/// All fragments of a model.
-pub fn fragments(model: &ProxyModel, cfg: &RenderConfig) -> BTreeMap<ServiceKey, Fragment> {
-    model
-        .services
-        .iter()
-        .map(|(k, s)| (k.clone(), service_fragment(s, cfg)))
-        .collect()
-}
-
 /// The full script for a model (what `nft -f -` gets on the first sync).
 pub fn render_full(model: &ProxyModel, cfg: &RenderConfig) -> String {
-    Program::new().full(cfg, fragments(model, cfg))
+    let mut program = Program::new();
+    let fragments = program.fragments(model, cfg);
+    program.full(cfg, fragments)
 }
 
 /// The lines the full script emits for one service (declarations, rules, elements), for reading and tests.
-pub fn render_service(svc: &ServiceModel, cfg: &RenderConfig) -> String {
-    let f = service_fragment(svc, cfg);
+pub fn render_service(
+    svc: &ServiceModel,
+    cfg: &RenderConfig,
+    groups: &mut EndpointGroups,
+) -> String {
+    let f = service_fragment(svc, cfg, groups);
     let t = &cfg.table;
     let mut out = String::new();
     for s in &f.sets {
@@ -745,7 +1012,7 @@ pub fn render_service(svc: &ServiceModel, cfg: &RenderConfig) -> String {
             let _ = writeln!(out, "add rule ip {t} {} {r}", c.name);
         }
     }
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let els: Vec<Element> = f
         .elements
         .iter()

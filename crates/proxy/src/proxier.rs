@@ -168,8 +168,11 @@ pub struct SyncReport {
     pub full: bool,
     /// Services whose model changed.
     pub changed: usize,
+    /// Size of the nft script or netlink batch sent.
     pub script_bytes: usize,
-    /// Time spent computing models and the script (before `nft` runs).
+    /// The change went over netlink (an endpoint move) rather than through `nft -f`.
+    pub netlink: bool,
+    /// Time spent computing models and the script (before the kernel is called).
     pub compute: Duration,
     /// Time from the oldest change seen to the rules being in the kernel.
     pub programming_latency: Option<Duration>,
@@ -192,6 +195,21 @@ pub struct Proxier {
     models: HashMap<ServiceKey, ServiceModel>,
     health_checks: BTreeMap<ServiceKey, HealthCheck>,
     announce: BTreeMap<ServiceKey, Vec<IpAddr>>,
+}
+
+/// The netlink batch for a diff that only moves endpoints, when it fits one send.
+fn netlink_batch(diff: &nft::Diff, cfg: &RenderConfig) -> Option<crate::netlink::Batch> {
+    if !diff.moves_endpoints_only() {
+        return None;
+    }
+    match crate::netlink::encode(diff, &cfg.table) {
+        Ok(b) if b.bytes.len() <= crate::netlink::MAX_BATCH_BYTES => Some(b),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "endpoint move not encodable for netlink; using nft");
+            None
+        }
+    }
 }
 
 impl Proxier {
@@ -298,7 +316,7 @@ impl Proxier {
             }
             frag_changes.push((
                 key.clone(),
-                new.as_ref().map(|m| nft::service_fragment(m, &self.cfg)),
+                new.as_ref().map(|m| self.program.fragment(m, &self.cfg)),
             ));
             match new {
                 Some(m) => {
@@ -309,26 +327,48 @@ impl Proxier {
                 }
             }
         }
-        let script = if full {
+        let diff = if full {
             None
         } else {
             self.program.update(frag_changes)
         };
-        let script = match script {
-            Some(s) => s,
+        let result = match diff {
+            Some(diff) if diff.is_empty() => {
+                report.compute = started.elapsed();
+                Ok(())
+            }
+            Some(diff) => {
+                // Endpoint moves go straight over netlink; a batch too large for one send uses nft.
+                let batch = netlink_batch(&diff, &self.cfg);
+                report.compute = started.elapsed();
+                match batch {
+                    Some(batch) => {
+                        report.netlink = true;
+                        report.script_bytes = batch.bytes.len();
+                        self.runner.netlink(batch).await
+                    }
+                    None => {
+                        let script = diff.script(&self.cfg);
+                        report.script_bytes = script.len();
+                        self.runner.nft(&script).await
+                    }
+                }
+            }
             None => {
                 report.full = true;
-                let frags: BTreeMap<ServiceKey, nft::Fragment> = self
-                    .models
+                let models = std::mem::take(&mut self.models);
+                let frags: BTreeMap<ServiceKey, nft::Fragment> = models
                     .iter()
-                    .map(|(k, m)| (k.clone(), nft::service_fragment(m, &self.cfg)))
+                    .map(|(k, m)| (k.clone(), self.program.fragment(m, &self.cfg)))
                     .collect();
-                self.program.full(&self.cfg, frags)
+                self.models = models;
+                let script = self.program.full(&self.cfg, frags);
+                report.script_bytes = script.len();
+                report.compute = started.elapsed();
+                self.runner.nft(&script).await
             }
         };
-        report.script_bytes = script.len();
-        report.compute = started.elapsed();
-        if let Err(e) = self.runner.nft(&script).await {
+        if let Err(e) = result {
             // The kernel still has the previous table (the transaction is atomic): start over with a full
             // sync of everything next time.
             self.program.invalidate();

@@ -42,10 +42,11 @@ fn eps(
 fn render(services: &[Service], slices: &[EndpointSlice]) -> String {
     let model = ProxyModel::build(services, slices, &node());
     let cfg = RenderConfig::default();
+    let mut groups = nft::EndpointGroups::default();
     model
         .services
         .values()
-        .map(|s| nft::render_service(s, &cfg))
+        .map(|s| nft::render_service(s, &cfg, &mut groups))
         .collect()
 }
 
@@ -99,7 +100,7 @@ fn full_script_cluster_ip_with_chosen_ip_and_two_endpoints() {
 }
 
 #[test]
-fn cluster_ip_four_endpoints_uniform_cascade() {
+fn cluster_ip_four_endpoints_uniform_choice() {
     let s = eps(
         "demoapp-svc",
         "demoapp-svc-abc",
@@ -333,12 +334,15 @@ fn incremental_update_endpoint_change() {
     let key = ("default".to_string(), "demoapp-svc".to_string());
     let m1 = ProxyModel::build(&[demoapp(json!({}))], &[demoapp_eps()], &node());
     let mut program = Program::new();
-    program.full(&cfg, nft::fragments(&m1, &cfg));
+    let f1 = program.fragments(&m1, &cfg);
+    program.full(&cfg, f1);
     // No change: nothing to do.
-    let same = nft::service_fragment(&m1.services[&key], &cfg);
+    let same = program.fragment(&m1.services[&key], &cfg);
     assert_eq!(
-        program.update(vec![(key.clone(), Some(same))]).as_deref(),
-        Some("")
+        program
+            .update(vec![(key.clone(), Some(same))])
+            .map(|d| d.is_empty()),
+        Some(true)
     );
     // One endpoint replaced by another.
     let s2 = eps(
@@ -351,11 +355,17 @@ fn incremental_update_endpoint_change() {
         &[("http", 80, "TCP")],
     );
     let m2 = ProxyModel::build(&[demoapp(json!({}))], &[s2], &node());
-    let f2 = nft::service_fragment(&m2.services[&key], &cfg);
-    let script = program.update(vec![(key.clone(), Some(f2))]).unwrap();
+    let f2 = program.fragment(&m2.services[&key], &cfg);
+    let diff = program.update(vec![(key.clone(), Some(f2))]).unwrap();
+    // Only endpoints moved: the proxy sends this over netlink.
+    assert!(diff.moves_endpoints_only());
+    let script = diff.script(&cfg);
     golden("update_endpoint", &script);
     // Service deleted: its chains and elements go.
-    let script = program.update(vec![(key.clone(), None)]).unwrap();
+    let script = program
+        .update(vec![(key.clone(), None)])
+        .unwrap()
+        .script(&cfg);
     golden("update_delete", &script);
     assert!(program.is_empty());
 }
@@ -366,15 +376,14 @@ fn incremental_update_to_no_endpoints_and_back() {
     let key = ("default".to_string(), "demoapp-svc".to_string());
     let m1 = ProxyModel::build(&[demoapp(json!({}))], &[demoapp_eps()], &node());
     let mut program = Program::new();
-    program.full(&cfg, nft::fragments(&m1, &cfg));
+    let f1 = program.fragments(&m1, &cfg);
+    program.full(&cfg, f1);
     let m0 = ProxyModel::build(&[demoapp(json!({}))], &[], &node());
-    let script = program
-        .update(vec![(
-            key.clone(),
-            Some(nft::service_fragment(&m0.services[&key], &cfg)),
-        )])
-        .unwrap();
-    golden("update_to_none", &script);
+    let f0 = program.fragment(&m0.services[&key], &cfg);
+    let diff = program.update(vec![(key.clone(), Some(f0))]).unwrap();
+    // The service chain goes: a structural change, applied through nft.
+    assert!(!diff.moves_endpoints_only());
+    golden("update_to_none", &diff.script(&cfg));
 }
 
 #[test]
@@ -396,7 +405,8 @@ fn conflicting_external_ip_claims_do_not_break_the_transaction() {
     );
     let model = ProxyModel::build(&[a, b], &[demoapp_eps(), b_eps], &node());
     let mut program = Program::new();
-    let full = program.full(&cfg, nft::fragments(&model, &cfg));
+    let fragments = program.fragments(&model, &cfg);
+    let full = program.full(&cfg, fragments);
     // The shared key appears once (the first value in order wins), so nft does not fail with "File exists".
     assert_eq!(
         full.matches("172.30.0.100 . tcp . 80 :").count(),
@@ -409,6 +419,7 @@ fn conflicting_external_ip_claims_do_not_break_the_transaction() {
             ("default".to_string(), "demoapp-svc".to_string()),
             None,
         )])
-        .unwrap();
+        .unwrap()
+        .script(&cfg);
     golden("update_conflict_takeover", &script);
 }
