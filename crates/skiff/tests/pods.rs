@@ -193,6 +193,17 @@ fn two_hundred_pod_create_delete_cycles_leak_nothing() {
     let out = c.up(&["--dns-replicas", "0"]);
     assert!(out.status.success(), "skiff up failed: {}", text(&out));
     let nodes = [1u32, 2];
+    // A node can report Ready before its agent has written the network configuration (it waits for the
+    // podCIDR first); the IPAM location is read from that file.
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes.iter().all(|&i| {
+            std::fs::read_dir(node_dir(&c, i).join("cni/net.d")).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "conflist"))
+            })
+        })),
+        "no network configuration written by the agents"
+    );
 
     // The start state every check returns to.
     let veths0: Vec<BTreeSet<String>> = nodes.iter().map(|&i| node_veths(&c, i)).collect();
