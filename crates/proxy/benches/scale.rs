@@ -262,18 +262,48 @@ async fn main() {
         let r = p.sync(&state).await.expect("incremental sync");
         times.push(t.elapsed());
         compute.push(r.compute);
-        assert!(!r.full && r.changed == 1);
+        assert!(!r.full && r.changed == 1 && r.netlink);
     }
     times.sort();
     compute.sort();
+    // One endpoint more or less (a scale step): the service's dispatch rule changes too.
+    let mut scale_times = Vec::with_capacity(changes);
+    for k in 0..changes {
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let i = (rng_state >> 33) as usize % n;
+        let name = format!("svc-{i}");
+        let mut ips: Vec<String> = (0..e).map(|j| endpoint_ip(i * e + j)).collect();
+        for step in 0..2 {
+            if step == 0 {
+                ips.push(endpoint_ip(n * e + 10 + changes + k));
+            } else {
+                ips.pop();
+            }
+            state.lock().apply_slice(slice(&name, &ips));
+            let t = Instant::now();
+            let r = p.sync(&state).await.expect("incremental sync");
+            scale_times.push(t.elapsed());
+            assert!(!r.full && r.changed == 1 && r.netlink);
+        }
+    }
+    scale_times.sort();
     println!(
-        "one endpoint change (incremental sync, {changes} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "one endpoint added or removed (dispatch rule replaced too, {} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        scale_times.len(),
+        percentile(&scale_times, 0.5).as_secs_f64() * 1e3,
+        percentile(&scale_times, 0.99).as_secs_f64() * 1e3,
+        scale_times.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
+        "one endpoint replaced (incremental sync over netlink, {changes} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         percentile(&times, 0.5).as_secs_f64() * 1e3,
         percentile(&times, 0.99).as_secs_f64() * 1e3,
         times.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     println!(
-        "  of which model + diff (before nft): p50 {:.3} ms, p99 {:.3} ms",
+        "  of which model + diff (before the kernel): p50 {:.3} ms, p99 {:.3} ms",
         percentile(&compute, 0.5).as_secs_f64() * 1e3,
         percentile(&compute, 0.99).as_secs_f64() * 1e3
     );

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -39,6 +40,8 @@ pub enum ApplyError {
 #[derive(Debug, Clone, Default)]
 pub struct Runner {
     pub netns: Option<String>,
+    /// The netfilter netlink socket, kept between batches (shared by clones).
+    netlink_socket: Arc<parking_lot::Mutex<Option<std::os::fd::OwnedFd>>>,
 }
 
 impl Runner {
@@ -49,6 +52,7 @@ impl Runner {
     pub fn in_netns(name: impl Into<String>) -> Runner {
         Runner {
             netns: Some(name.into()),
+            ..Runner::default()
         }
     }
 
@@ -117,32 +121,27 @@ impl Runner {
         }
     }
 
-    /// Apply an nf_tables batch (one atomic transaction) over netlink.
+    /// Apply an nf_tables batch (one atomic transaction) over netlink, on a socket kept for the next batches.
     pub async fn netlink(&self, batch: crate::netlink::Batch) -> Result<(), ApplyError> {
-        match self.netns.clone() {
-            // A thread of our own, so that entering the namespace never affects a runtime thread.
-            Some(ns) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                std::thread::spawn(move || {
-                    let _ = tx
-                        .send(enter_netns(&ns).and_then(|()| {
-                            crate::netlink::apply(&batch).map_err(ApplyError::from)
-                        }));
-                });
-                rx.await.unwrap_or_else(|_| {
-                    Err(ApplyError::Netns {
-                        netns: self.netns.clone().unwrap_or_default(),
-                        source: std::io::Error::other("netlink thread ended without a result"),
-                    })
-                })
-            }
-            None => tokio::task::spawn_blocking(move || crate::netlink::apply(&batch))
-                .await
-                .map_err(|e| {
-                    ApplyError::Netlink(crate::netlink::NetlinkError::Io(std::io::Error::other(e)))
-                })?
-                .map_err(ApplyError::from),
-        }
+        let socket = Arc::clone(&self.netlink_socket);
+        let netns = self.netns.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut slot = socket.lock();
+            let fd = match slot.take() {
+                Some(fd) => fd,
+                None => open_netlink_socket(netns.as_deref())?,
+            };
+            crate::netlink::apply(&fd, &batch)?;
+            // Only a socket whose replies were all read is reused.
+            *slot = Some(fd);
+            Ok(())
+        })
+        .await;
+        joined.unwrap_or_else(|e| {
+            Err(ApplyError::Netlink(crate::netlink::NetlinkError::Io(
+                std::io::Error::other(e),
+            )))
+        })
     }
 
     /// Delete the conntrack entries matching `filter`. "Nothing matched" is success.
@@ -175,6 +174,25 @@ impl Runner {
             })
         }
     }
+}
+
+/// A netfilter netlink socket in this namespace, or in the named one (opened from a thread of its own, so that
+/// entering the namespace never affects a runtime thread; the socket stays in that namespace).
+fn open_netlink_socket(netns: Option<&str>) -> Result<std::os::fd::OwnedFd, ApplyError> {
+    let Some(ns) = netns else {
+        return Ok(crate::netlink::open_socket()?);
+    };
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns)?;
+        Ok(crate::netlink::open_socket()?)
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(ApplyError::Netlink(crate::netlink::NetlinkError::Io(
+            std::io::Error::other("netlink socket thread panicked"),
+        )))
+    })
 }
 
 /// Move the calling thread into the named network namespace (`ip netns` naming).
