@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod testing;
+mod udp;
 pub mod watch;
 pub mod wire;
 

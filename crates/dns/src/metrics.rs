@@ -101,21 +101,6 @@ impl Metrics {
         }
     }
 
-    /// Observe a reply served from the response cache: type from its question, rcode from its header.
-    pub fn observe_cached(&self, proto: Proto, reply: &[u8], elapsed: Duration) {
-        let rcode = ResponseCode::from(0, reply.get(3).copied().unwrap_or(0) & 0x0f);
-        // The question's type follows its name (labels up to the zero byte), right after the header.
-        let qtype = reply.get(12..).and_then(|q| {
-            let mut i = 0;
-            while i < q.len() && q[i] != 0 {
-                i += usize::from(q[i]) + 1;
-            }
-            let t = q.get(i + 1..i + 3)?;
-            Some(RecordType::from(u16::from_be_bytes([t[0], t[1]])))
-        });
-        self.observe(proto, qtype, rcode, elapsed);
-    }
-
     pub fn forwarded(&self, ok: bool) {
         self.forward_requests.fetch_add(1, Ordering::Relaxed);
         if !ok {
@@ -223,6 +208,21 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The question type and the rcode of an encoded reply, as the request metrics label it.
+pub fn reply_kind(reply: &[u8]) -> (Option<RecordType>, ResponseCode) {
+    let rcode = ResponseCode::from(0, reply.get(3).copied().unwrap_or(0) & 0x0f);
+    // The question's type follows its name (labels up to the zero byte), right after the header.
+    let qtype = reply.get(12..).and_then(|q| {
+        let mut i = 0;
+        while i < q.len() && q[i] != 0 {
+            i += usize::from(q[i]) + 1;
+        }
+        let t = q.get(i + 1..i + 3)?;
+        Some(RecordType::from(u16::from_be_bytes([t[0], t[1]])))
+    });
+    (qtype, rcode)
 }
 
 /// Serve `/metrics` (Prometheus), `/health` (always OK) and `/ready` (OK once `ready()` is true).

@@ -2,11 +2,14 @@
 //! metrics.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -14,6 +17,7 @@ use crate::answer::{answer, Answer, Forward};
 use crate::forward::Forwarder;
 use crate::metrics::{Metrics, Proto};
 use crate::model::Snapshot;
+use crate::udp::{Batch, BATCH};
 use crate::wire::{encode, header_only_reply, parse_request, udp_limit, Parsed};
 
 /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds).
@@ -21,35 +25,71 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 
 pub struct DnsServer {
     snapshot: ArcSwap<Snapshot>,
+    /// Bumped after every [`DnsServer::store`]; response caches remember the generation they were filled
+    /// under and empty themselves when it moved, so a cached reply can never outlive its snapshot.
+    generation: AtomicU64,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
-    cache: parking_lot::Mutex<ResponseCache>,
+    /// The cache of the TCP path (and of [`DnsServer::handle`]), per transport; the UDP loop keeps its own,
+    /// lock-free one.
+    cache: parking_lot::Mutex<[ResponseCache; 2]>,
 }
 
-/// Encoded responses of locally answered requests, keyed by the request bytes after the id (flags, question,
-/// EDNS) and transport. Valid for one snapshot only: emptied when a new snapshot is published, so it can
-/// never serve stale data; TTLs are not decremented because our answers are authoritative, not cached copies.
-/// (CoreDNS's default Corefile runs its `cache` plugin for the same reason: the answer path is the cost.)
+/// Encoded responses of locally answered requests, keyed by the request bytes after the id (flags, question
+/// exactly as sent, so 0x20 mixed case gets its own entry echoing that case; EDNS). Valid for one snapshot
+/// generation only: emptied when a new snapshot is published, so it can never serve stale data; TTLs are
+/// not decremented because our answers are authoritative, not cached copies. (CoreDNS's default Corefile
+/// runs its `cache` plugin for the same reason: the answer path is the cost.)
+#[derive(Default)]
 struct ResponseCache {
-    /// The snapshot the entries were computed from (held, so its address cannot be reused by a newer one).
-    snapshot: Option<Arc<Snapshot>>,
-    entries: CacheMap,
+    generation: u64,
+    entries: std::collections::HashMap<Box<[u8]>, CachedReply>,
 }
 
-/// (transport, request bytes after the id) → response bytes after the id.
-type CacheMap = std::collections::HashMap<(Proto, Box<[u8]>), Box<[u8]>>;
-
-impl ResponseCache {
-    fn is_for(&self, snap: &Arc<Snapshot>) -> bool {
-        self.snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap))
-    }
+/// A reply after its id, with what the metrics need (so a hit parses nothing).
+struct CachedReply {
+    bytes: Box<[u8]>,
+    qtype: Option<RecordType>,
+    rcode: ResponseCode,
 }
 
 /// Bound on cached responses; the cache is simply emptied when full (clients ask for a small working set).
 const CACHE_ENTRIES: usize = 65_536;
 
+impl ResponseCache {
+    fn get(&self, generation: u64, request: &[u8]) -> Option<&CachedReply> {
+        if self.generation != generation || request.len() < 12 {
+            return None;
+        }
+        self.entries.get(&request[2..])
+    }
+
+    /// Remember `reply` to `request`, computed from a snapshot at least as new as `generation`.
+    fn insert(&mut self, generation: u64, request: &[u8], reply: &[u8]) {
+        if request.len() < 12 || reply.len() < 12 {
+            return;
+        }
+        if self.generation != generation || self.entries.len() >= CACHE_ENTRIES {
+            self.entries.clear();
+            self.generation = generation;
+        }
+        let (qtype, rcode) = crate::metrics::reply_kind(reply);
+        self.entries.insert(
+            request[2..].into(),
+            CachedReply {
+                bytes: reply[2..].into(),
+                qtype,
+                rcode,
+            },
+        );
+    }
+}
+
 /// Outcome of the synchronous part of handling a request.
 enum Local {
+    /// Answered from the snapshot: may be cached.
+    Answered(Vec<u8>),
+    /// Any other reply (FORMERR, loop SERVFAIL): never cached.
     Reply(Vec<u8>),
     Drop,
     Forward(Box<Message>, Box<Answer>),
@@ -59,18 +99,19 @@ impl DnsServer {
     pub fn new(initial: Snapshot, forwarder: Forwarder, metrics: Arc<Metrics>) -> Arc<DnsServer> {
         Arc::new(DnsServer {
             snapshot: ArcSwap::from_pointee(initial),
+            generation: AtomicU64::new(1),
             forwarder,
             metrics,
-            cache: parking_lot::Mutex::new(ResponseCache {
-                snapshot: None,
-                entries: std::collections::HashMap::new(),
-            }),
+            cache: parking_lot::Mutex::new(Default::default()),
         })
     }
 
     /// Publish a new snapshot; queries in flight keep the one they started with.
     pub fn store(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+        // After the swap: a cache that still sees the old generation may at worst serve what a query that
+        // loaded the old snapshot a moment earlier would have; once store() returns, no cache does.
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -81,10 +122,56 @@ impl DnsServer {
         &self.metrics
     }
 
+    /// The current generation; read it *before* computing an answer that will be cached under it.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Serve `request` from `cache` into `out` (id patched in, metrics counted) if it holds a reply valid
+    /// for the current snapshot.
+    fn reply_cached(
+        &self,
+        cache: &ResponseCache,
+        request: &[u8],
+        proto: Proto,
+        start: Instant,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        // Loop detection must still see our own forwarded queries: those are never locally answered, so
+        // never cached.
+        let Some(hit) = cache.get(self.generation(), request) else {
+            return false;
+        };
+        out.clear();
+        out.extend_from_slice(&request[..2]);
+        out.extend_from_slice(&hit.bytes);
+        self.metrics
+            .observe(proto, hit.qtype, hit.rcode, start.elapsed());
+        true
+    }
+
+    /// The shared-cache path (TCP, [`DnsServer::handle`]).
     fn handle_local(&self, bytes: &[u8], proto: Proto, start: Instant) -> Local {
-        if let Some(reply) = self.cached(bytes, proto, start) {
+        let mut reply = Vec::new();
+        if self.reply_cached(
+            &self.cache.lock()[proto as usize],
+            bytes,
+            proto,
+            start,
+            &mut reply,
+        ) {
             return Local::Reply(reply);
         }
+        let generation = self.generation();
+        let local = self.compute(bytes, proto, start);
+        if let Local::Answered(reply) = &local {
+            self.cache.lock()[proto as usize].insert(generation, bytes, reply);
+        }
+        local
+    }
+
+    /// Decode and answer `bytes` from the current snapshot (no cache).
+    fn compute(&self, bytes: &[u8], proto: Proto, start: Instant) -> Local {
         let request = match parse_request(bytes) {
             Parsed::Query(m) => m,
             Parsed::Reply(r) => {
@@ -105,41 +192,7 @@ impl DnsServer {
         if ans.forward != Forward::None {
             return Local::Forward(request, Box::new(ans));
         }
-        let reply = self.finish(&request, &ans.message, proto, start);
-        if reply.len() >= 12 && bytes.len() >= 12 {
-            let mut cache = self.cache.lock();
-            if !cache.is_for(&snap) || cache.entries.len() >= CACHE_ENTRIES {
-                cache.entries.clear();
-                cache.snapshot = Some(Arc::clone(&snap));
-            }
-            cache
-                .entries
-                .insert((proto, bytes[2..].into()), reply[2..].into());
-        }
-        Local::Reply(reply)
-    }
-
-    /// A cached reply for exactly these request bytes (id patched), if the snapshot has not changed since.
-    fn cached(&self, bytes: &[u8], proto: Proto, start: Instant) -> Option<Vec<u8>> {
-        if bytes.len() < 12 {
-            return None;
-        }
-        let snap = self.snapshot.load();
-        let cache = self.cache.lock();
-        if !cache.is_for(&snap) {
-            return None;
-        }
-        // Loop detection must still see our own forwarded queries: those are never locally answered, so
-        // never cached.
-        let hit = cache
-            .entries
-            .get(&(proto, Box::<[u8]>::from(&bytes[2..])))?;
-        let mut reply = Vec::with_capacity(hit.len() + 2);
-        reply.extend_from_slice(&bytes[..2]);
-        reply.extend_from_slice(hit);
-        drop(cache);
-        self.metrics.observe_cached(proto, &reply, start.elapsed());
-        Some(reply)
+        Local::Answered(self.finish(&request, &ans.message, proto, start))
     }
 
     fn finish(
@@ -212,38 +265,184 @@ impl DnsServer {
     pub async fn handle(&self, bytes: &[u8], proto: Proto) -> Option<Vec<u8>> {
         let start = Instant::now();
         match self.handle_local(bytes, proto, start) {
-            Local::Reply(r) => Some(r),
+            Local::Answered(r) | Local::Reply(r) => Some(r),
             Local::Drop => None,
             Local::Forward(req, ans) => Some(self.complete_forward(&req, *ans, proto, start).await),
         }
     }
 }
 
-/// Serve UDP on `socket` until it fails. Cluster answers are computed inline on the receive loop (no task per
-/// packet); only forwarded queries get a task.
-pub async fn serve_udp(server: Arc<DnsServer>, socket: Arc<UdpSocket>) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 65535];
+/// Serve UDP on `socket` until it fails (or this future is dropped).
+///
+/// The socket is taken out of the tokio reactor and served by a dedicated thread: datagrams are taken and
+/// answered in batches (`recvmmsg` / `sendmmsg`, see [`crate::udp`]), cluster answers are computed inline
+/// (no task per packet), repeated questions come from a response cache owned by that thread (no lock on the
+/// hot path), and only forwarded queries become tasks on the runtime. Off the reactor, the kernel has no
+/// epoll waiter to wake on the socket for every reply it frees, and no readiness bookkeeping is paid per
+/// batch; the thread waits in `poll` only when the socket is empty, so a lone query is answered at once.
+pub async fn serve_udp(server: Arc<DnsServer>, socket: UdpSocket) -> std::io::Result<()> {
+    let socket = Arc::new(socket.into_std()?);
+    socket.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Handle::current();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread_stop = stop.clone();
+    let thread_socket = socket.clone();
+    std::thread::Builder::new()
+        .name("dns-udp".into())
+        .spawn(move || {
+            let r = udp_thread(&server, &thread_socket, &thread_stop, &runtime);
+            let _ = done_tx.send(r);
+        })?;
+    // Dropping this future (server shut down) stops the thread and so closes the socket.
+    let _stop = StopThread { stop, socket };
+    match done_rx.await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::other("udp thread panicked")),
+    }
+}
+
+/// Tells the UDP thread to finish: sets the flag, and shuts the socket's receive side, which wakes the
+/// thread's `poll` at once.
+struct StopThread {
+    stop: Arc<AtomicBool>,
+    socket: Arc<std::net::UdpSocket>,
+}
+
+impl Drop for StopThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // SAFETY: shutdown on a socket we own; on Linux it marks an unconnected UDP socket read-shut and
+        // wakes its waiters (it reports ENOTCONN, which is expected and ignored).
+        unsafe {
+            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RD);
+        }
+    }
+}
+
+/// Longest the UDP thread sleeps without checking whether it should stop (the shutdown wakes it sooner).
+const UDP_POLL_MS: libc::c_int = 1000;
+
+fn udp_thread(
+    server: &Arc<DnsServer>,
+    socket: &Arc<std::net::UdpSocket>,
+    stop: &AtomicBool,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let mut batch = Batch::new();
+    let mut cache = ResponseCache::default();
+    let mut to_send = Vec::with_capacity(BATCH);
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        if stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                wait_readable(fd, UDP_POLL_MS)?;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
             Err(e) => return Err(e),
         };
-        let start = Instant::now();
-        match server.handle_local(&buf[..n], Proto::Udp, start) {
-            Local::Reply(r) => {
-                let _ = socket.send_to(&r, peer).await;
+        if n == 0 {
+            // Only a read-shut socket returns no datagram without blocking: we are being stopped.
+            continue;
+        }
+        to_send.clear();
+        for i in 0..n {
+            let start = Instant::now();
+            let (request, reply) = batch.slot(i);
+            if server.reply_cached(&cache, request, Proto::Udp, start, reply) {
+                to_send.push(i);
+                continue;
             }
-            Local::Drop => {}
-            Local::Forward(req, ans) => {
-                let server = server.clone();
-                let socket = socket.clone();
-                tokio::spawn(async move {
-                    let r = server.complete_forward(&req, *ans, Proto::Udp, start).await;
-                    let _ = socket.send_to(&r, peer).await;
-                });
+            let generation = server.generation();
+            match server.compute(request, Proto::Udp, start) {
+                Local::Answered(r) => {
+                    cache.insert(generation, request, &r);
+                    *reply = r;
+                    to_send.push(i);
+                }
+                Local::Reply(r) => {
+                    *reply = r;
+                    to_send.push(i);
+                }
+                Local::Drop => {}
+                Local::Forward(req, ans) => {
+                    let Some(peer) = batch.peer(i) else {
+                        continue;
+                    };
+                    let server = server.clone();
+                    let socket = socket.clone();
+                    runtime.spawn(async move {
+                        let r = server.complete_forward(&req, *ans, Proto::Udp, start).await;
+                        send_off_reactor(&socket, &r, peer).await;
+                    });
+                }
             }
+        }
+        let mut sent = 0;
+        while sent < to_send.len() {
+            match batch.send(fd, &to_send[sent..]) {
+                Ok(k) => sent += k.max(1),
+                // Socket buffer full: wait until it drains, as the one-at-a-time send_to did.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait(fd, libc::POLLOUT, UDP_POLL_MS)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // This one reply cannot be sent (sendmmsg reports the first failure only when nothing
+                // before it went out): drop it, as send_to errors always were, and go on with the rest.
+                Err(e) => {
+                    tracing::trace!(error = %e, "udp reply not sent");
+                    sent += 1;
+                }
+            }
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: libc::c_int) -> std::io::Result<()> {
+    wait(fd, libc::POLLIN, timeout_ms)
+}
+
+/// Wait (up to `timeout_ms`) until `fd` has `events`, or hangs up, or errors; the caller just retries.
+fn wait(
+    fd: std::os::fd::RawFd,
+    events: libc::c_short,
+    timeout_ms: libc::c_int,
+) -> std::io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Send a forwarded query's reply on the (non-blocking, not reactor-registered) UDP socket from a task:
+/// if the socket buffer is full, retry for a while instead of blocking the runtime.
+async fn send_off_reactor(socket: &std::net::UdpSocket, reply: &[u8], peer: SocketAddr) {
+    for _ in 0..100 {
+        match socket.send_to(reply, peer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            _ => return,
         }
     }
 }
@@ -314,7 +513,6 @@ pub async fn bind_and_serve(
         }
     };
     let bound = tcp.local_addr()?;
-    let udp = Arc::new(udp);
     let handle = tokio::spawn(async move {
         let u = tokio::spawn(serve_udp(server.clone(), udp));
         let t = tokio::spawn(serve_tcp(server, tcp));
