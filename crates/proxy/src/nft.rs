@@ -568,47 +568,18 @@ fn shard_decl(table: &str, shard: u16) -> String {
     )
 }
 
-/// A fragment as remembered after installation: chain rules only as a hash (enough to tell a change), which
-/// keeps the installed program small at 10,000 services.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct Stored {
-    sets: Vec<SetDecl>,
-    chains: Vec<(String, u64)>,
-    elements: Vec<Element>,
-}
-
-fn rules_hash(rules: &[String]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    rules.hash(&mut h);
-    h.finish()
-}
-
-impl Stored {
-    fn of(f: &Fragment) -> Stored {
-        Stored {
-            sets: f.sets.clone(),
-            chains: f
-                .chains
-                .iter()
-                .map(|c| (c.name.clone(), rules_hash(&c.rules)))
-                .collect(),
-            elements: f.elements.clone(),
-        }
-    }
-}
-
-/// What is installed in the kernel (or about to be): per-service fragments and reference-counted shared elements.
-/// `full` and `update` keep it in step with the changes they return.
+/// What is installed in the kernel (or about to be), as far as diffs need it: reference-counted shared elements,
+/// endpoint key blocks and declared endpoint maps. Services' fragments are not kept: the caller recomputes the
+/// installed one from the model it installed (fragments are a pure function of model and key blocks), which
+/// keeps the agent small at 10,000 services. `full` and `update` keep it in step with the changes they return.
 #[derive(Debug, Default)]
 pub struct Program {
     cfg: Option<RenderConfig>,
-    fragments: HashMap<ServiceKey, Stored>,
     /// Shared elements: per (set, key), how many services contribute each value. Two services may claim the
     /// same key (e.g. the same externalIP and port): the smallest value wins, deterministically, and the other
     /// takes over when the winner goes, instead of failing the whole transaction with "File exists".
     /// A small sorted vector per key (almost always one value): a BTreeMap per key cost ~0.5 KB × 110,000
-    /// keys at 10,000 services.
+    /// keys at 10,000 services. Endpoint-map elements are not counted: their keys belong to one chain.
     elements: HashMap<(SetName, String), Counts>,
     groups: EndpointGroups,
     /// Endpoint maps that exist in the table.
@@ -781,6 +752,7 @@ impl Program {
         }
         self.elements.clear();
         let mut order: Vec<(SetName, String)> = Vec::new();
+        let mut endpoint_elements: Vec<&Element> = Vec::new();
         for f in fragments.values() {
             for s in &f.sets {
                 let _ = writeln!(out, "add set ip {t} {} {}", s.name, s.decl);
@@ -789,6 +761,10 @@ impl Program {
                 let _ = writeln!(out, "add chain ip {t} {}", c.name);
             }
             for e in &f.elements {
+                if let SetName::Endpoints(_) = e.set {
+                    endpoint_elements.push(e);
+                    continue;
+                }
                 let k = (e.set, e.key.clone());
                 let m = self.elements.entry(k.clone()).or_insert_with(|| {
                     order.push(k);
@@ -797,10 +773,11 @@ impl Program {
                 bump(m, &e.data, 1);
             }
         }
-        let order: Vec<Element> = order
+        let mut order: Vec<Element> = order
             .iter()
             .filter_map(|(set, key)| installed(self.elements.get(&(*set, key.clone())), *set, key))
             .collect();
+        order.extend(endpoint_elements.into_iter().cloned());
         for l in rules {
             out.push_str(&l);
             out.push('\n');
@@ -818,10 +795,6 @@ impl Program {
             .flat_map(|f| f.chains.iter().map(|c| c.name.as_str()))
             .collect();
         self.groups.retain(&live);
-        self.fragments = fragments
-            .iter()
-            .map(|(k, f)| (k.clone(), Stored::of(f)))
-            .collect();
         self.cfg = Some(cfg.clone());
         out
     }
@@ -836,34 +809,20 @@ impl Program {
         self.cfg = None;
     }
 
-    /// Number of services with installed fragments.
-    pub fn len(&self) -> usize {
-        self.fragments.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.fragments.is_empty()
-    }
-
-    /// Move the given services to their new fragments (from `fragment`; None: service gone). Returns the change
-    /// doing exactly that (empty when nothing changed), or None when it needs a full sync (an affinity set's
-    /// declaration changed, which nftables cannot alter in place).
-    pub fn update(&mut self, changes: Vec<(ServiceKey, Option<Fragment>)>) -> Option<Diff> {
+    /// Move services from their installed fragments to new ones (`(installed, new)`, both from `fragment`;
+    /// None: no such service). Returns the change doing exactly that (empty when nothing changed), or None when
+    /// it needs a full sync (an affinity set's declaration changed, which nftables cannot alter in place).
+    pub fn update(&mut self, changes: Vec<(Option<Fragment>, Option<Fragment>)>) -> Option<Diff> {
         self.cfg.as_ref()?;
         let mut diff = Diff::default();
         let mut delta: HashMap<Element, i64> = HashMap::new();
-        let empty_stored = Stored::default();
         let empty = Fragment::default();
-        let mut stored: Vec<(ServiceKey, Option<Stored>)> = Vec::with_capacity(changes.len());
-        for (key, new) in &changes {
-            let old = self.fragments.get(key).unwrap_or(&empty_stored);
-            let new_stored = new.as_ref().map(Stored::of);
-            let unchanged = new_stored.as_ref().unwrap_or(&empty_stored) == old;
-            stored.push((key.clone(), new_stored));
-            if unchanged {
+        for (old, new) in &changes {
+            let old = old.as_ref().unwrap_or(&empty);
+            let new = new.as_ref().unwrap_or(&empty);
+            if old == new {
                 continue;
             }
-            let new = new.as_ref().unwrap_or(&empty);
             let old_sets: HashMap<&str, &str> = old
                 .sets
                 .iter()
@@ -882,19 +841,24 @@ impl Program {
                     diff.gone_sets.push(s.name.clone());
                 }
             }
-            let old_chains: HashMap<&str, u64> =
-                old.chains.iter().map(|(n, h)| (n.as_str(), *h)).collect();
+            let old_chains: HashMap<&str, &[String]> = old
+                .chains
+                .iter()
+                .map(|c| (c.name.as_str(), c.rules.as_slice()))
+                .collect();
             let new_names: HashSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
             for c in &new.chains {
                 match old_chains.get(c.name.as_str()) {
                     None => diff.new_chains.push(c.clone()),
-                    Some(h) if *h != rules_hash(&c.rules) => diff.changed_chains.push(c.clone()),
+                    Some(rules) if *rules != c.rules.as_slice() => {
+                        diff.changed_chains.push(c.clone())
+                    }
                     Some(_) => {}
                 }
             }
-            for (name, _) in &old.chains {
-                if !new_names.contains(name.as_str()) {
-                    diff.gone_chains.push(name.clone());
+            for c in &old.chains {
+                if !new_names.contains(c.name.as_str()) {
+                    diff.gone_chains.push(c.name.clone());
                 }
             }
             for s in shards_of(&new.elements) {
@@ -902,10 +866,45 @@ impl Program {
                     diff.new_shards.push(s);
                 }
             }
-            for e in &old.elements {
+            // Endpoint-map keys belong to this service's chains alone: a plain diff.
+            let endpoint_keys = |f: &'_ Fragment| -> HashMap<(SetName, String), Option<String>> {
+                f.elements
+                    .iter()
+                    .filter(|e| matches!(e.set, SetName::Endpoints(_)))
+                    .map(|e| ((e.set, e.key.clone()), e.data.clone()))
+                    .collect()
+            };
+            let (old_eps, new_eps) = (endpoint_keys(old), endpoint_keys(new));
+            for e in old
+                .elements
+                .iter()
+                .filter(|e| matches!(e.set, SetName::Endpoints(_)))
+            {
+                if new_eps.get(&(e.set, e.key.clone())) != Some(&e.data) {
+                    diff.deleted_elements.push(e.clone());
+                }
+            }
+            for e in new
+                .elements
+                .iter()
+                .filter(|e| matches!(e.set, SetName::Endpoints(_)))
+            {
+                if old_eps.get(&(e.set, e.key.clone())) != Some(&e.data) {
+                    diff.added_elements.push(e.clone());
+                }
+            }
+            for e in old
+                .elements
+                .iter()
+                .filter(|e| matches!(e.set, SetName::Shared(_)))
+            {
                 *delta.entry(e.clone()).or_insert(0) -= 1;
             }
-            for e in &new.elements {
+            for e in new
+                .elements
+                .iter()
+                .filter(|e| matches!(e.set, SetName::Shared(_)))
+            {
                 *delta.entry(e.clone()).or_insert(0) += 1;
             }
         }
@@ -937,16 +936,6 @@ impl Program {
         }
         for c in &diff.gone_chains {
             self.groups.release(c);
-        }
-        for (key, new) in stored {
-            match new {
-                Some(f) => {
-                    self.fragments.insert(key, f);
-                }
-                None => {
-                    self.fragments.remove(&key);
-                }
-            }
         }
         Some(diff)
     }

@@ -314,10 +314,11 @@ impl Proxier {
                     self.announce.insert(key.clone(), ann);
                 }
             }
-            frag_changes.push((
-                key.clone(),
-                new.as_ref().map(|m| self.program.fragment(m, &self.cfg)),
-            ));
+            if !full {
+                let installed = old.map(|m| self.program.fragment(m, &self.cfg));
+                let wanted = new.as_ref().map(|m| self.program.fragment(m, &self.cfg));
+                frag_changes.push((installed, wanted));
+            }
             match new {
                 Some(m) => {
                     self.models.insert(key, m);

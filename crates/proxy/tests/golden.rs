@@ -335,12 +335,13 @@ fn incremental_update_endpoint_change() {
     let m1 = ProxyModel::build(&[demoapp(json!({}))], &[demoapp_eps()], &node());
     let mut program = Program::new();
     let f1 = program.fragments(&m1, &cfg);
+    let installed = f1[&key].clone();
     program.full(&cfg, f1);
     // No change: nothing to do.
     let same = program.fragment(&m1.services[&key], &cfg);
     assert_eq!(
         program
-            .update(vec![(key.clone(), Some(same))])
+            .update(vec![(Some(installed.clone()), Some(same))])
             .map(|d| d.is_empty()),
         Some(true)
     );
@@ -356,18 +357,16 @@ fn incremental_update_endpoint_change() {
     );
     let m2 = ProxyModel::build(&[demoapp(json!({}))], &[s2], &node());
     let f2 = program.fragment(&m2.services[&key], &cfg);
-    let diff = program.update(vec![(key.clone(), Some(f2))]).unwrap();
+    let diff = program
+        .update(vec![(Some(installed), Some(f2.clone()))])
+        .unwrap();
     // Only endpoints moved: the proxy sends this over netlink.
     assert!(diff.moves_endpoints_only());
     let script = diff.script(&cfg);
     golden("update_endpoint", &script);
     // Service deleted: its chains and elements go.
-    let script = program
-        .update(vec![(key.clone(), None)])
-        .unwrap()
-        .script(&cfg);
+    let script = program.update(vec![(Some(f2), None)]).unwrap().script(&cfg);
     golden("update_delete", &script);
-    assert!(program.is_empty());
 }
 
 #[test]
@@ -377,10 +376,11 @@ fn incremental_update_to_no_endpoints_and_back() {
     let m1 = ProxyModel::build(&[demoapp(json!({}))], &[demoapp_eps()], &node());
     let mut program = Program::new();
     let f1 = program.fragments(&m1, &cfg);
+    let installed = f1[&key].clone();
     program.full(&cfg, f1);
     let m0 = ProxyModel::build(&[demoapp(json!({}))], &[], &node());
     let f0 = program.fragment(&m0.services[&key], &cfg);
-    let diff = program.update(vec![(key.clone(), Some(f0))]).unwrap();
+    let diff = program.update(vec![(Some(installed), Some(f0))]).unwrap();
     // The service chain goes: a structural change, applied through nft.
     assert!(!diff.moves_endpoints_only());
     golden("update_to_none", &diff.script(&cfg));
@@ -406,6 +406,7 @@ fn conflicting_external_ip_claims_do_not_break_the_transaction() {
     let model = ProxyModel::build(&[a, b], &[demoapp_eps(), b_eps], &node());
     let mut program = Program::new();
     let fragments = program.fragments(&model, &cfg);
+    let installed = fragments[&("default".to_string(), "demoapp-svc".to_string())].clone();
     let full = program.full(&cfg, fragments);
     // The shared key appears once (the first value in order wins), so nft does not fail with "File exists".
     assert_eq!(
@@ -415,10 +416,7 @@ fn conflicting_external_ip_claims_do_not_break_the_transaction() {
     );
     // When the winner goes, the other service's claim takes over in the same transaction.
     let script = program
-        .update(vec![(
-            ("default".to_string(), "demoapp-svc".to_string()),
-            None,
-        )])
+        .update(vec![(Some(installed), None)])
         .unwrap()
         .script(&cfg);
     golden("update_conflict_takeover", &script);
