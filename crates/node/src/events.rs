@@ -54,7 +54,10 @@ pub(crate) fn emit(
         series: None,
     };
     let api: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
+    let slots = ctx.api_slots.clone();
     tokio::spawn(async move {
+        // The semaphore is never closed; a failed acquire would only mean sending without a slot.
+        let _slot = slots.acquire_owned().await;
         if let Err(err) = api.create(&PostParams::default(), &event).await {
             tracing::debug!(%err, "recording event");
         }

@@ -76,7 +76,14 @@ pub(crate) struct Ctx {
     pub cni: skiff_cni::runtime::CniRuntime,
     /// Origin of the monotonic offsets the back-off works with.
     pub origin: std::time::Instant,
+    /// Bounds the API requests pod workers have in flight (status updates, events, final deletes). Without
+    /// it a burst of pods opens one HTTP/1.1 + TLS connection per concurrent request, and the client's pool
+    /// keeps them all (with their buffers) afterwards; kubelet bounds the same traffic with its client QPS.
+    pub api_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Pod-worker API requests in flight at once (see [`Ctx::api_slots`]).
+pub const POD_API_CONCURRENCY: usize = 8;
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
@@ -134,6 +141,17 @@ fn ensure_cni_config(options: &Options, pod_cidr: &str) -> Result<(), Error> {
         .map_err(io_err(format!("writing {}", path.display())))?;
     tracing::info!(path = %path.display(), pod_cidr, "wrote CNI network configuration");
     Ok(())
+}
+
+/// Hand memory freed after a burst of pod starts or deletions back to the kernel. A burst allocates in several
+/// glibc arenas at once (sandbox setups run concurrently on every worker thread); glibc returns an arena's free
+/// pages only when its top chunk is free, so without this the agent's resident size stays at the burst's peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own arenas under their locks; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Run the node agent until the process ends: register the Node, heartbeat, and run the pods bound to it.
@@ -208,6 +226,7 @@ pub async fn run(
         host_resolv,
         services,
         origin: std::time::Instant::now(),
+        api_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(POD_API_CONCURRENCY)),
     });
 
     let mut records: HashMap<String, state::PodRecord> =
@@ -230,15 +249,21 @@ pub async fn run(
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", node.name));
     let mut stream = watcher(pods, config).default_backoff().boxed();
     let mut reap = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut workers_at_last_tick = 0usize;
     loop {
         let event = tokio::select! {
             ev = stream.next() => ev,
             _ = reap.tick() => {
                 // Workers end once their pod is gone and cleaned up.
                 let done: Vec<String> = workers.iter().filter(|(_, (_, h))| h.is_finished()).map(|(k, _)| k.clone()).collect();
+                let churned = !done.is_empty() || workers.len() != workers_at_last_tick;
                 for uid in done {
                     workers.remove(&uid);
                     finished.insert(uid);
+                }
+                workers_at_last_tick = workers.len();
+                if churned {
+                    release_free_memory();
                 }
                 continue;
             }

@@ -762,6 +762,7 @@ impl Worker {
             return;
         }
         let patch = serde_json::json!({ "status": status });
+        let _slot = self.ctx.api_slots.acquire().await;
         match self
             .api()
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -889,6 +890,7 @@ impl Worker {
                         }),
                         ..Default::default()
                     };
+                    let _slot = self.ctx.api_slots.acquire().await;
                     if let Err(err) = self.api().delete(&self.name, &params).await {
                         tracing::warn!(pod = %self.name, %err, "final delete");
                     }
