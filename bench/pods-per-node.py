@@ -16,6 +16,7 @@
 usage (root, from the workspace root): bench/pods-per-node.py [pods-per-node=100] [nodes=2]
   SKIFF=path/to/skiff (default target/release/skiff if built, else target/debug/skiff)
   IMAGE=busybox (default; the container runs `sleep 3600`) | ikubernetes/demoapp:v1.0 (one HTTP server per pod)
+  REPEAT=n repeats step 3-4 (create, Ready, delete) n times: agent memory after each cycle shows growth vs reuse.
   AGENT_ENV="MALLOC_ARENA_MAX=2 ..." is exported to `skiff up` (and so to the agents) to compare allocator settings.
 """
 import base64, json, os, random, shutil, socket, ssl, statistics, subprocess, sys, tempfile, threading, time
@@ -65,7 +66,15 @@ def smaps_breakdown(pid):
                     elif path.startswith("/"):
                         kind = "files"
                     elif path == "":
-                        kind = "anon"
+                        start, end = (int(x, 16) for x in parts[0].split("-"))
+                        size_kib = (end - start) // 1024
+                        # glibc malloc arenas: heaps mmapped 64 MiB-aligned; Rust/tokio threads: 2 MiB stacks.
+                        if start % (64 << 20) == 0:
+                            kind = "malloc arenas"
+                        elif 2040 <= size_kib <= 2056:
+                            kind = "thread stacks"
+                        else:
+                            kind = "anon"
                     else:
                         kind = "other"
                 elif parts[0] == "Rss:" and kind:
@@ -86,12 +95,18 @@ def agent_memory(data, nodes, label):
             continue
         st = "/proc/%d/status" % pid
         b = smaps_breakdown(pid)
+        sockets = 0
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                sockets += os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:")
+            except OSError:
+                pass
         # Pss charges shared pages (the skiff binary's text, shared with the server and demoapp pods) pro rata.
         line = ("%s node-%d agent pid %d: VmRSS %.1f MB, VmHWM %.1f MB, Pss %.1f MB, RssAnon %.1f MB, "
-                "RssFile %.1f MB, threads %d; resident by kind (MB): %s" % (
+                "RssFile %.1f MB, threads %d, sockets %d; resident by kind (MB): %s" % (
                     label, n, pid, kib(st, "VmRSS") / 1024, kib(st, "VmHWM") / 1024,
                     kib("/proc/%d/smaps_rollup" % pid, "Pss") / 1024, kib(st, "RssAnon") / 1024,
-                    kib(st, "RssFile") / 1024, kib(st, "Threads"),
+                    kib(st, "RssFile") / 1024, kib(st, "Threads"), sockets,
                     ", ".join("%s %.1f" % (k, v / 1024) for k, v in sorted(b.items(), key=lambda x: -x[1]))))
         out.append(line)
         print(line, flush=True)
@@ -165,85 +180,89 @@ def main():
                                          data=json.dumps(body).encode() if body is not None else None)
             return json.loads(urllib.request.urlopen(req, context=ctx, timeout=30).read())
 
-        rv = api("/api/v1/namespaces/default/pods?labelSelector=bench%3Dpods")["metadata"]["resourceVersion"]
-        ready_at, node_of, watch_err = {}, {}, []
-        total = per_node * nodes
-        done = threading.Event()
+        repeat = int(os.environ.get("REPEAT", "1"))
+        for cycle in range(1, repeat + 1):
+            if repeat > 1:
+                print("--- cycle %d of %d" % (cycle, repeat), flush=True)
+            rv = api("/api/v1/namespaces/default/pods?labelSelector=bench%3Dpods")["metadata"]["resourceVersion"]
+            ready_at, node_of, watch_err = {}, {}, []
+            total = per_node * nodes
+            done = threading.Event()
 
-        def watch():
-            try:
-                req = urllib.request.Request(
-                    server + "/api/v1/namespaces/default/pods?watch=true&labelSelector=bench%3Dpods"
-                    "&allowWatchBookmarks=false&resourceVersion=" + rv, headers=hdrs)
-                with urllib.request.urlopen(req, context=ctx, timeout=600) as resp:
-                    for line in resp:
-                        now = time.time()
-                        ev = json.loads(line)
-                        pod = ev["object"]
-                        nm = pod["metadata"]["name"]
-                        conds = (pod.get("status") or {}).get("conditions") or []
-                        if nm not in ready_at and any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
-                            ready_at[nm] = now
-                            node_of[nm] = pod["spec"].get("nodeName")
-                            if len(ready_at) == total:
-                                done.set()
-                                return
-            except Exception as e:  # noqa: BLE001 - reported below
-                watch_err.append(repr(e))
-                done.set()
+            def watch():
+                try:
+                    req = urllib.request.Request(
+                        server + "/api/v1/namespaces/default/pods?watch=true&labelSelector=bench%3Dpods"
+                        "&allowWatchBookmarks=false&resourceVersion=" + rv, headers=hdrs)
+                    with urllib.request.urlopen(req, context=ctx, timeout=600) as resp:
+                        for line in resp:
+                            now = time.time()
+                            ev = json.loads(line)
+                            pod = ev["object"]
+                            nm = pod["metadata"]["name"]
+                            conds = (pod.get("status") or {}).get("conditions") or []
+                            if nm not in ready_at and any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                                ready_at[nm] = now
+                                node_of[nm] = pod["spec"].get("nodeName")
+                                if len(ready_at) == total:
+                                    done.set()
+                                    return
+                except Exception as e:  # noqa: BLE001 - reported below
+                    watch_err.append(repr(e))
+                    done.set()
 
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        time.sleep(0.3)
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            time.sleep(0.3)
 
-        container = {"name": "c", "image": image}
-        if image.startswith("busybox"):
-            container["command"] = ["sleep", "3600"]
-        posted = {}
-        load_before = loadavg()
-        t_first = time.time()
-        for k in range(per_node):
-            for n in range(1, nodes + 1):
-                nm = "bench-n%d-%03d" % (n, k)
-                body = {"apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": nm, "labels": {"bench": "pods"}},
-                        "spec": {"nodeSelector": {"kubernetes.io/hostname": "node-%d" % n},
-                                 "terminationGracePeriodSeconds": 5, "containers": [container]}}
-                posted[nm] = time.time()
-                api("/api/v1/namespaces/default/pods", "POST", body)
-        t_posted = time.time()
-        done.wait(timeout=600)
-        t_all = max(ready_at.values()) if ready_at else float("nan")
-        load_after = loadavg()
-        if watch_err:
-            print("watch failed: %s" % watch_err, flush=True)
-        if len(ready_at) < total:
-            raise SystemExit("only %d of %d pods Ready" % (len(ready_at), total))
-        lat = [(ready_at[nm] - posted[nm]) * 1000 for nm in posted]
-        print("created %d pods in %.2f s; all Ready %.2f s after the first POST; load average %s -> %s" % (
-            total, t_posted - t_first, t_all - t_first, load_before, load_after), flush=True)
-        print("pod POST -> Ready seen (ms, %d pods): p50 %.0f, p90 %.0f, p99 %.0f, max %.0f" % (
-            len(lat), statistics.median(lat), pct(lat, 90), pct(lat, 99), max(lat)), flush=True)
-        per = {}
-        for nm, n in node_of.items():
-            per[n] = per.get(n, 0) + 1
-        print("pods Ready per node: %s" % ", ".join("%s %d" % kv for kv in sorted(per.items())), flush=True)
+            container = {"name": "c", "image": image}
+            if image.startswith("busybox"):
+                container["command"] = ["sleep", "3600"]
+            posted = {}
+            load_before = loadavg()
+            t_first = time.time()
+            for k in range(per_node):
+                for n in range(1, nodes + 1):
+                    nm = "bench-n%d-%03d" % (n, k)
+                    body = {"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": nm, "labels": {"bench": "pods"}},
+                            "spec": {"nodeSelector": {"kubernetes.io/hostname": "node-%d" % n},
+                                     "terminationGracePeriodSeconds": 5, "containers": [container]}}
+                    posted[nm] = time.time()
+                    api("/api/v1/namespaces/default/pods", "POST", body)
+            t_posted = time.time()
+            done.wait(timeout=600)
+            t_all = max(ready_at.values()) if ready_at else float("nan")
+            load_after = loadavg()
+            if watch_err:
+                print("watch failed: %s" % watch_err, flush=True)
+            if len(ready_at) < total:
+                raise SystemExit("only %d of %d pods Ready" % (len(ready_at), total))
+            lat = [(ready_at[nm] - posted[nm]) * 1000 for nm in posted]
+            print("created %d pods in %.2f s; all Ready %.2f s after the first POST; load average %s -> %s" % (
+                total, t_posted - t_first, t_all - t_first, load_before, load_after), flush=True)
+            print("pod POST -> Ready seen (ms, %d pods): p50 %.0f, p90 %.0f, p99 %.0f, max %.0f" % (
+                len(lat), statistics.median(lat), pct(lat, 90), pct(lat, 99), max(lat)), flush=True)
+            per = {}
+            for nm, n in node_of.items():
+                per[n] = per.get(n, 0) + 1
+            print("pods Ready per node: %s" % ", ".join("%s %d" % kv for kv in sorted(per.items())), flush=True)
 
-        time.sleep(5)
-        print("load average (with pods): %s" % loadavg(), flush=True)
-        agent_memory(data, nodes, "with %d pods/node:" % per_node)
+            time.sleep(5)
+            print("load average (with pods): %s" % loadavg(), flush=True)
+            agent_memory(data, nodes, "with %d pods/node:" % per_node)
 
-        t = time.time()
-        kc("delete", "pods", "-l", "bench=pods", "--wait=false")
-        for _ in range(3000):
-            if not kc("get", "pods", "-l", "bench=pods", "-o", "name").stdout.strip():
-                break
-            time.sleep(0.2)
-        else:
-            raise SystemExit("pods not deleted after 600 s")
-        print("deleted %d pods in %.1f s" % (total, time.time() - t), flush=True)
-        time.sleep(5)
-        agent_memory(data, nodes, "after deleting them:")
+            t = time.time()
+            kc("delete", "pods", "-l", "bench=pods", "--wait=false")
+            for _ in range(3000):
+                if not kc("get", "pods", "-l", "bench=pods", "-o", "name").stdout.strip():
+                    break
+                time.sleep(0.2)
+            else:
+                raise SystemExit("pods not deleted after 600 s")
+            print("deleted %d pods in %.1f s" % (total, time.time() - t), flush=True)
+            time.sleep(5)
+            agent_memory(data, nodes, "after deleting them:")
     finally:
         subprocess.run([skiff, "down", "--name", name, "--data-dir", data], env=env, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
