@@ -20,7 +20,7 @@ usage (root, from the workspace root): bench/pods-per-node.py [pods-per-node=100
   AGENT_ENV="MALLOC_ARENA_MAX=2 ..." is exported to `skiff up` (and so to the agents) to compare allocator settings.
 """
 import base64, json, os, random, shutil, socket, ssl, statistics, subprocess, sys, tempfile, threading, time
-import urllib.request
+import http.client, urllib.parse, urllib.request
 
 
 def run(*args, **kw):
@@ -175,10 +175,28 @@ def main():
         token = cfg["users"][0]["user"]["token"]
         hdrs = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
 
+        # One kept-alive connection for the POSTs, as a client like kubectl or a controller would use: the
+        # creation rate is then the API server's, not TLS handshakes'.
+        host, port = urllib.parse.urlsplit(server).hostname, urllib.parse.urlsplit(server).port
+        conn = [None]
+
         def api(path, method="GET", body=None):
-            req = urllib.request.Request(server + path, method=method, headers=hdrs,
-                                         data=json.dumps(body).encode() if body is not None else None)
-            return json.loads(urllib.request.urlopen(req, context=ctx, timeout=30).read())
+            for attempt in range(2):
+                if conn[0] is None:
+                    conn[0] = http.client.HTTPSConnection(host, port, context=ctx, timeout=30)
+                try:
+                    conn[0].request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                                    headers=hdrs)
+                    resp = conn[0].getresponse()
+                    data = resp.read()
+                    if resp.status >= 300:
+                        raise SystemExit("%s %s: %d %s" % (method, path, resp.status, data[:300]))
+                    return json.loads(data)
+                except (http.client.HTTPException, OSError):
+                    conn[0].close()
+                    conn[0] = None
+                    if attempt:
+                        raise
 
         repeat = int(os.environ.get("REPEAT", "1"))
         for cycle in range(1, repeat + 1):
