@@ -5,8 +5,12 @@
 #  2. nsd (Debian's C authoritative server), one server process pinned to CPU 0, serving the same records from
 #     a zone file, measured with the same dnsperf query file.
 # Usage: bench/dns.sh [seconds-per-run]   (needs: dnsperf, nsd, taskset; run from the workspace root)
+# RUNS=n (default 1) alternates n dnsperf runs skiff / nsd, so both see the same varying load. Each run prints
+# the 1-minute load average and the server's CPU time per answered query (utime+stime of the server process
+# and its children over the run / queries completed), which is less sensitive to other load than queries/s.
 set -euo pipefail
 SECS=${1:-10}
+RUNS=${RUNS:-1}
 SERVICES=${SERVICES:-10000}
 ENDPOINTS=${ENDPOINTS:-10}
 SKIFF_PORT=${SKIFF_PORT:-15353}
@@ -29,14 +33,6 @@ echo "== skiff dns: $SERVICES services x $ENDPOINTS endpoints"
 cat "$DIR/skiff.log"
 echo "query mix: $(wc -l <"$DIR/queries") queries (50% ClusterIP A, 10% AAAA NODATA, 10% SRV, 10% headless A, 20% search-path NXDOMAIN)"
 dig @127.0.0.1 -p "$SKIFF_PORT" +short svc-1.ns-1.svc.cluster.local
-
-run_perf() {
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$1" -d "$DIR/queries" -l "$SECS" -c 20 -q 200 -T 1 2>&1 |
-    grep -E "Queries sent|Queries completed|Queries lost|Response codes|Queries per second|Average Latency"
-}
-echo "== dnsperf -> skiff dns (1 core)"
-run_perf "$SKIFF_PORT"
-echo "skiff dns RSS after the run: $(grep VmRSS /proc/"${PIDS[0]}"/status)"
 
 cat >"$DIR/nsd.conf" <<CONF
 server:
@@ -67,5 +63,35 @@ PIDS+=($!)
 for _ in $(seq 1 300); do dig @127.0.0.1 -p "$NSD_PORT" +short +time=1 +tries=1 svc-1.ns-1.svc.cluster.local >/dev/null 2>&1 && break; sleep 0.1; done
 echo "== nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}') serving the same records"
 dig @127.0.0.1 -p "$NSD_PORT" +short svc-1.ns-1.svc.cluster.local
-echo "== dnsperf -> nsd (1 server process, 1 core)"
-run_perf "$NSD_PORT"
+
+TCK=$(getconf CLK_TCK)
+# utime+stime (clock ticks, all threads) of process $1 and its direct children (nsd forks its server).
+cpu_ticks() {
+  local t=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    if [ -r "/proc/$p/stat" ]; then
+      t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    fi
+  done
+  echo "$t"
+}
+# run_perf <port> <server pid>
+run_perf() {
+  local t0 t1 out done
+  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  t0=$(cpu_ticks "$2")
+  out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p "$1" -d "$DIR/queries" -l "$SECS" -c 20 -q 200 -T 1 2>&1)
+  t1=$(cpu_ticks "$2")
+  echo "$out" | grep -E "Queries sent|Queries completed|Queries lost|Response codes|Queries per second|Average Latency"
+  done=$(echo "$out" | awk '/Queries completed/ {print $3}')
+  echo "  server CPU per query: $(awk -v t=$((t1 - t0)) -v h="$TCK" -v q="${done:-0}" \
+    'BEGIN { if (q > 0) printf "%.2f us", t * 1e6 / h / q; else print "-" }') ($((t1 - t0)) ticks of 1/$TCK s)"
+  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+for run in $(seq 1 "$RUNS"); do
+  echo "== run $run/$RUNS: dnsperf -> skiff dns (1 core)"
+  run_perf "$SKIFF_PORT" "${PIDS[0]}"
+  echo "skiff dns RSS after the run: $(grep VmRSS /proc/"${PIDS[0]}"/status)"
+  echo "== run $run/$RUNS: dnsperf -> nsd (1 server process, 1 core)"
+  run_perf "$NSD_PORT" "${PIDS[1]}"
+done
