@@ -17,7 +17,12 @@ SKIFF_PORT=${SKIFF_PORT:-15353}
 NSD_PORT=${NSD_PORT:-15354}
 DIR=$(mktemp -d /tmp/skiff-dns-bench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  # nsd's forked processes may still write their state files for a moment after the main one exits.
+  rm -rf "$DIR" 2>/dev/null || { sleep 1; rm -rf "$DIR"; }
+}
 trap cleanup EXIT
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p skiff-dns --features bench --bin dns_bench_server >/dev/null
@@ -65,13 +70,16 @@ echo "== nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}') serving the same record
 dig @127.0.0.1 -p "$NSD_PORT" +short svc-1.ns-1.svc.cluster.local
 
 TCK=$(getconf CLK_TCK)
-# utime+stime (clock ticks, all threads) of process $1 and its direct children (nsd forks its server).
+# utime+stime (clock ticks, all threads) of process $1 and all its descendants (nsd forks its main process,
+# which forks the server).
 cpu_ticks() {
-  local t=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    if [ -r "/proc/$p/stat" ]; then
-      t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    fi
+  local t=0 c
+  if [ -r "/proc/$1/stat" ]; then
+    # Fields after "pid (comm) " (comm may contain spaces, e.g. "nsd: main"): utime and stime are 12 and 13.
+    t=$(sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}')
+  fi
+  for c in $(pgrep -P "$1" || true); do
+    t=$((t + $(cpu_ticks "$c")))
   done
   echo "$t"
 }
