@@ -355,6 +355,11 @@ impl Drop for StopThread {
     }
 }
 
+/// Receive buffer asked for the UDP socket (the kernel default, ~208 KiB, holds only a few hundred queries):
+/// a burst arriving while the serving thread is descheduled on a busy node is queued instead of dropped.
+/// Memory is only used while datagrams wait. (nsd sets its query sockets' buffers the same way.)
+const UDP_RCVBUF: usize = 1 << 20;
+
 /// Longest the UDP thread sleeps without checking whether it should stop (the shutdown wakes it sooner).
 const UDP_POLL_MS: libc::c_int = 1000;
 
@@ -550,6 +555,7 @@ pub async fn bind_and_serve(
         }
     };
     let bound = tcp.local_addr()?;
+    crate::udp::grow_receive_buffer(udp.as_raw_fd(), UDP_RCVBUF);
     let handle = tokio::spawn(async move {
         let u = tokio::spawn(serve_udp(server.clone(), udp));
         let t = tokio::spawn(serve_tcp(server, tcp));

@@ -128,6 +128,28 @@ impl Batch {
     }
 }
 
+/// Ask for a receive buffer of `bytes` on `fd`: beyond `net.core.rmem_max` when privileged
+/// (`SO_RCVBUFFORCE`), else up to it (`SO_RCVBUF`). Best effort: the socket works either way.
+pub(crate) fn grow_receive_buffer(fd: RawFd, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a c_int option value of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+    tracing::debug!(error = %io::Error::last_os_error(), "could not grow the UDP receive buffer");
+}
+
 fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
     let len = len as usize;
     match libc::c_int::from(ss.ss_family) {

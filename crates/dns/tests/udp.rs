@@ -320,3 +320,36 @@ fn the_udp_thread_ends_and_frees_its_port_when_the_runtime_stops() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_udp_socket_has_room_for_a_burst_of_queries() {
+    let s = serve_snapshot(cluster().snapshot(), &options())
+        .await
+        .expect("server starts");
+    // `ss -m` shows the socket's memory limits: rb is the receive buffer (the kernel doubles what was asked
+    // for, for its bookkeeping). The default (~208 KiB) holds only a few hundred queries.
+    let out = tokio::process::Command::new("ss")
+        .args([
+            "-u",
+            "-a",
+            "-n",
+            "-m",
+            "sport",
+            "=",
+            &format!(":{}", s.dns_addr.port()),
+        ])
+        .output()
+        .await
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rb: u64 = text
+        .split("rb")
+        .nth(1)
+        .and_then(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no rb in ss output:\n{text}"));
+    assert!(rb >= 1 << 20, "receive buffer {rb} bytes:\n{text}");
+}
