@@ -6,7 +6,8 @@
    ClusterIP rather than the demo's fixed 10.97.72.1, so a default cluster is not disturbed).
 2. Memory of every `skiff agent` process idle with the demo: VmRSS, VmHWM, RssAnon/RssFile, threads, and the
    resident bytes by mapping kind (binary, other files, heap, anonymous regions, stacks) from /proc/<pid>/smaps.
-3. PODS pods per node, POSTed one after another to the API server (no kubectl start-up in the measurement),
+3. SEQUENTIAL (default 20) pods one at a time, each POSTed after the previous one is Ready: creation -> Ready
+   without probes on an otherwise idle cluster (through the scheduler). Then PODS pods per node, POSTed one after another to the API server (no kubectl start-up in the measurement),
    each pinned to its node with a nodeSelector on kubernetes.io/hostname (so the scheduler places them and the
    count per node is exact). A watch opened before the first POST records when each pod is first seen Ready;
    per-pod latency = Ready seen - just before its POST; p50/p90/p99/max and the time until all are Ready.
@@ -198,6 +199,56 @@ def main():
                     if attempt:
                         raise
 
+        container = {"name": "c", "image": image}
+        if image.startswith("busybox"):
+            container["command"] = ["sleep", "3600"]
+
+        # One pod at a time (the next POST after the previous pod is Ready): creation -> Ready on an idle
+        # node, through the scheduler (no nodeName preset), without probes.
+        seq = int(os.environ.get("SEQUENTIAL", "20"))
+        if seq:
+            rv = api("/api/v1/namespaces/default/pods?labelSelector=bench%3Dseq")["metadata"]["resourceVersion"]
+            seen = {}
+            cond = threading.Condition()
+
+            def watch_seq():
+                req = urllib.request.Request(
+                    server + "/api/v1/namespaces/default/pods?watch=true&labelSelector=bench%3Dseq"
+                    "&resourceVersion=" + rv, headers=hdrs)
+                with urllib.request.urlopen(req, context=ctx, timeout=600) as resp:
+                    for line in resp:
+                        now = time.time()
+                        pod = json.loads(line)["object"]
+                        conds = (pod.get("status") or {}).get("conditions") or []
+                        if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                            with cond:
+                                seen.setdefault(pod["metadata"]["name"], now)
+                                cond.notify_all()
+
+            threading.Thread(target=watch_seq, daemon=True).start()
+            time.sleep(0.3)
+            lat = []
+            load_before = loadavg()
+            for k in range(seq):
+                nm = "seq-%03d" % k
+                body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": nm, "labels": {"bench": "seq"}},
+                        "spec": {"terminationGracePeriodSeconds": 5, "containers": [container]}}
+                t0 = time.time()
+                api("/api/v1/namespaces/default/pods", "POST", body)
+                with cond:
+                    if not cond.wait_for(lambda: nm in seen, timeout=30):
+                        raise SystemExit("%s not Ready after 30 s" % nm)
+                lat.append((seen[nm] - t0) * 1000)
+            print("one pod at a time, POST -> Ready seen (ms, %d pods): p50 %.0f, p90 %.0f, p99 %.0f, max %.0f; "
+                  "load average %s -> %s" % (seq, statistics.median(lat), pct(lat, 90), pct(lat, 99), max(lat),
+                                             load_before, loadavg()), flush=True)
+            kc("delete", "pods", "-l", "bench=seq", "--wait=false")
+            for _ in range(300):
+                if not kc("get", "pods", "-l", "bench=seq", "-o", "name").stdout.strip():
+                    break
+                time.sleep(0.2)
+            time.sleep(6)  # the agents' clean-up tick after the churn
+
         repeat = int(os.environ.get("REPEAT", "1"))
         for cycle in range(1, repeat + 1):
             if repeat > 1:
@@ -233,9 +284,6 @@ def main():
             watcher.start()
             time.sleep(0.3)
 
-            container = {"name": "c", "image": image}
-            if image.startswith("busybox"):
-                container["command"] = ["sleep", "3600"]
             posted = {}
             load_before = loadavg()
             t_first = time.time()
