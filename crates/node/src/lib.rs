@@ -237,7 +237,7 @@ pub async fn run(
     let mut workers: HashMap<
         String,
         (
-            tokio::sync::watch::Sender<Option<Pod>>,
+            tokio::sync::watch::Sender<Option<std::sync::Arc<Pod>>>,
             tokio::task::JoinHandle<()>,
         ),
     > = HashMap::new();
@@ -280,13 +280,16 @@ pub async fn run(
                          workers: &mut HashMap<
             _,
             (
-                tokio::sync::watch::Sender<Option<Pod>>,
+                tokio::sync::watch::Sender<Option<std::sync::Arc<Pod>>>,
                 tokio::task::JoinHandle<()>,
             ),
         >| {
             let Some(uid) = pod.metadata.uid.clone() else {
                 return;
             };
+            // Shared with the worker: one copy of each pod in memory, and the worker's per-turn read of the
+            // latest pod is a reference count, not a deep clone.
+            let pod = std::sync::Arc::new(pod);
             if let Some((tx, handle)) = workers.get(&uid) {
                 if !handle.is_finished() {
                     let _ = tx.send(Some(pod));

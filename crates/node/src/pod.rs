@@ -107,7 +107,7 @@ fn parse_time(s: &str) -> Option<Time> {
 
 pub(crate) struct Worker {
     ctx: Arc<Ctx>,
-    pod: Pod,
+    pod: Arc<Pod>,
     uid: String,
     ns: String,
     name: String,
@@ -830,7 +830,7 @@ impl Worker {
         }
     }
 
-    async fn run(mut self, mut updates: watch::Receiver<Option<Pod>>) {
+    async fn run(mut self, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
         let already_done = matches!(
             self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded") | Some("Failed")
@@ -1102,8 +1102,8 @@ pub(crate) async fn teardown_record(ctx: &Ctx, record: &PodRecord) {
 /// Start the worker of a pod: it runs until the pod is gone and its sandbox torn down.
 pub(crate) fn spawn_worker(
     ctx: Arc<Ctx>,
-    pod: Pod,
-    updates: watch::Receiver<Option<Pod>>,
+    pod: Arc<Pod>,
+    updates: watch::Receiver<Option<Arc<Pod>>>,
     record: Option<PodRecord>,
 ) -> JoinHandle<()> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
