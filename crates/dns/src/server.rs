@@ -314,10 +314,14 @@ impl DnsServer {
 /// (no task per packet), repeated questions come from a response cache owned by that thread (no lock on the
 /// hot path), and only forwarded queries become tasks on the runtime. Off the reactor, the kernel has no
 /// epoll waiter to wake on the socket for every reply it frees, and no readiness bookkeeping is paid per
-/// batch; the thread waits in `poll` only when the socket is empty, so a lone query is answered at once.
+/// batch; when the socket is empty the thread waits inside `recvmmsg`, so a lone query is answered at once.
 pub async fn serve_udp(server: Arc<DnsServer>, socket: UdpSocket) -> std::io::Result<()> {
     let socket = Arc::new(socket.into_std()?);
-    socket.set_nonblocking(true)?;
+    // Blocking, so the thread waits inside recvmmsg itself (one syscall) when the socket is empty; the wait
+    // is bounded so the stop flag is seen even if the shutdown wake-up were missed. Sends never block: they
+    // pass MSG_DONTWAIT.
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(Duration::from_millis(UDP_WAIT_MS as u64)))?;
     let runtime = tokio::runtime::Handle::current();
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -338,7 +342,7 @@ pub async fn serve_udp(server: Arc<DnsServer>, socket: UdpSocket) -> std::io::Re
 }
 
 /// Tells the UDP thread to finish: sets the flag, and shuts the socket's receive side, which wakes the
-/// thread's `poll` at once.
+/// thread's `recvmmsg` at once.
 struct StopThread {
     stop: Arc<AtomicBool>,
     socket: Arc<std::net::UdpSocket>,
@@ -361,7 +365,7 @@ impl Drop for StopThread {
 const UDP_RCVBUF: usize = 1 << 20;
 
 /// Longest the UDP thread sleeps without checking whether it should stop (the shutdown wakes it sooner).
-const UDP_POLL_MS: libc::c_int = 1000;
+const UDP_WAIT_MS: libc::c_int = 1000;
 
 fn udp_thread(
     server: &Arc<DnsServer>,
@@ -379,10 +383,8 @@ fn udp_thread(
         }
         let n = match batch.recv(fd) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_readable(fd, UDP_POLL_MS)?;
-                continue;
-            }
+            // The receive timeout: look at the stop flag and wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
@@ -415,14 +417,12 @@ fn udp_thread(
                 }
                 Local::Drop => {}
                 Local::Forward(req, ans) => {
-                    let Some(peer) = batch.peer(i) else {
-                        continue;
-                    };
+                    let peer = batch.peer(i);
                     let server = server.clone();
                     let socket = socket.clone();
                     runtime.spawn(async move {
                         let r = server.complete_forward(&req, *ans, Proto::Udp, start).await;
-                        send_off_reactor(&socket, &r, peer).await;
+                        send_off_reactor(&socket, &r, &peer).await;
                     });
                 }
             }
@@ -433,7 +433,7 @@ fn udp_thread(
                 Ok(k) => sent += k.max(1),
                 // Socket buffer full: wait until it drains, as the one-at-a-time send_to did.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    wait(fd, libc::POLLOUT, UDP_POLL_MS)?;
+                    wait_writable(fd, UDP_WAIT_MS)?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 // This one reply cannot be sent (sendmmsg reports the first failure only when nothing
@@ -450,19 +450,11 @@ fn udp_thread(
     }
 }
 
-fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: libc::c_int) -> std::io::Result<()> {
-    wait(fd, libc::POLLIN, timeout_ms)
-}
-
-/// Wait (up to `timeout_ms`) until `fd` has `events`, or hangs up, or errors; the caller just retries.
-fn wait(
-    fd: std::os::fd::RawFd,
-    events: libc::c_short,
-    timeout_ms: libc::c_int,
-) -> std::io::Result<()> {
+/// Wait (up to `timeout_ms`) until `fd` can take a datagram, or errors; the caller just retries.
+fn wait_writable(fd: std::os::fd::RawFd, timeout_ms: libc::c_int) -> std::io::Result<()> {
     let mut p = libc::pollfd {
         fd,
-        events,
+        events: libc::POLLOUT,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
@@ -476,11 +468,11 @@ fn wait(
     Ok(())
 }
 
-/// Send a forwarded query's reply on the (non-blocking, not reactor-registered) UDP socket from a task:
-/// if the socket buffer is full, retry for a while instead of blocking the runtime.
-async fn send_off_reactor(socket: &std::net::UdpSocket, reply: &[u8], peer: SocketAddr) {
+/// Send a forwarded query's reply on the UDP socket (blocking for receives, not reactor-registered) from a
+/// task without blocking the runtime: MSG_DONTWAIT, and if the socket buffer is full, retry for a while.
+async fn send_off_reactor(socket: &std::net::UdpSocket, reply: &[u8], peer: &crate::udp::Peer) {
     for _ in 0..100 {
-        match socket.send_to(reply, peer) {
+        match peer.send(socket.as_raw_fd(), reply) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }

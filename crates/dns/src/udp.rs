@@ -2,16 +2,15 @@
 //!
 //! One `recvmmsg` takes every datagram already queued on the socket (up to [`BATCH`]) and one `sendmmsg`
 //! sends all their replies, so under load the per-query cost is no longer two syscalls and two trips through
-//! the reactor. Both calls are non-blocking: the caller waits for readiness through tokio, so at low load a
-//! lone query is received and answered as soon as it arrives (a batch of one), never held back to fill a
-//! batch.
+//! the reactor. `recvmmsg` waits only for the first datagram (`MSG_WAITFORONE`) and then takes just what is
+//! already queued, so at low load a lone query is received and answered as soon as it arrives (a batch of
+//! one), never held back to fill a batch. Sends never block (`MSG_DONTWAIT`).
 //!
 //! The raw `msghdr` arrays (pointers into this struct) are built on the stack inside each call and never
 //! outlive it, so [`Batch`] itself holds no raw pointers and can live across `.await` in a `Send` future.
 
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 /// Datagrams taken per `recvmmsg` (dnsperf-like clients keep a few hundred queries outstanding).
@@ -53,12 +52,17 @@ impl Batch {
         )
     }
 
-    /// The sender of datagram `i` (`None` for an address family we do not serve).
-    pub(crate) fn peer(&self, i: usize) -> Option<SocketAddr> {
-        sockaddr_to_std(&self.addrs[i], self.addr_lens[i])
+    /// The sender of datagram `i`, to answer it later.
+    pub(crate) fn peer(&self, i: usize) -> Peer {
+        Peer {
+            addr: self.addrs[i],
+            len: self.addr_lens[i],
+        }
     }
 
-    /// Receive up to [`BATCH`] queued datagrams without blocking (`WouldBlock` when there are none).
+    /// Receive up to [`BATCH`] datagrams: on a blocking socket, wait for the first (up to the socket's
+    /// receive timeout: `WouldBlock`), then take what else is queued without waiting (`MSG_WAITFORONE`).
+    /// Returns 0 once the socket's receive side is shut.
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         // SAFETY: iovec and mmsghdr are plain old data; zeroed is valid and every used field is set below.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -80,7 +84,7 @@ impl Batch {
                 fd,
                 hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
             )
         };
@@ -150,27 +154,29 @@ pub(crate) fn grow_receive_buffer(fd: RawFd, bytes: usize) {
     tracing::debug!(error = %io::Error::last_os_error(), "could not grow the UDP receive buffer");
 }
 
-fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match libc::c_int::from(ss.ss_family) {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in, and it is large and aligned enough.
-            let a = unsafe { &*std::ptr::from_ref(ss).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
+/// A datagram's sender as the kernel gave it (answered as is, whatever the address family).
+pub(crate) struct Peer {
+    addr: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl Peer {
+    /// Send `bytes` to this peer on `fd` without blocking.
+    pub(crate) fn send(&self, fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+        // SAFETY: the buffer and the address are live for the call, with the lengths given.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT,
+                std::ptr::from_ref(&self.addr).cast(),
+                self.len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
         }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for sockaddr_in6.
-            let a = unsafe { &*std::ptr::from_ref(ss).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
+        Ok(())
     }
 }
