@@ -25,8 +25,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p skiff-dns --features bench --bin dns_bench_server >/dev/null
-BIN=target/release/dns_bench_server
+# BIN=path runs another build of the benchmark server (e.g. a copy of an older one, for a before/after).
+if [ -z "${BIN:-}" ]; then
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p skiff-dns --features bench --bin dns_bench_server >/dev/null
+  BIN=target/release/dns_bench_server
+fi
 
 "$BIN" files "$SERVICES" "$ENDPOINTS" "$DIR/cluster.local.zone" "$DIR/queries"
 echo "== pure answer path (decode + answer + encode, no sockets), 1 core"
