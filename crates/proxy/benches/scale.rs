@@ -235,6 +235,10 @@ async fn main() {
         (full - r.compute).as_secs_f64(),
         build_objects.as_secs_f64()
     );
+    if std::env::var_os("SKIFF_BENCH_EXIT_AFTER_FULL_SYNC").is_some() {
+        // For heap profilers: everything still allocated here shows up as "leaked".
+        std::process::exit(0);
+    }
     // A second agent start: full resync over an existing table.
     let mut p2 = Proxier::new(cfg.clone(), runner.clone());
     let t = Instant::now();
@@ -329,6 +333,17 @@ async fn main() {
         rss1,
         rss_objects - rss0,
         rss1 - rss_objects
+    );
+    let rss_before_drop = rss_mb();
+    drop(p);
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let rss_after_drop = rss_mb();
+    println!(
+        "  RSS {rss_before_drop:.1} MB at the end, {rss_after_drop:.1} MB after dropping the proxier (model + installed program: {:.1} MB)",
+        rss_before_drop - rss_after_drop
     );
     drop(guard);
 }

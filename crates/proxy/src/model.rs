@@ -251,7 +251,8 @@ pub struct SlicePort {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceEndpoint {
     pub ip: IpAddr,
-    pub node_name: Option<String>,
+    /// Shared between endpoints (`State` interns node names: 100,000 endpoints name a handful of nodes).
+    pub node_name: Option<std::sync::Arc<str>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -283,7 +284,7 @@ impl SliceInfo {
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);
                 Some(SliceEndpoint {
                     ip,
-                    node_name: ep.node_name.clone(),
+                    node_name: ep.node_name.as_deref().map(std::sync::Arc::from),
                     ready,
                     serving: cond.and_then(|c| c.serving).unwrap_or(ready),
                     terminating: cond.and_then(|c| c.terminating).unwrap_or(false),

@@ -18,10 +18,13 @@ use crate::nft::{self, Program, RenderConfig};
 #[derive(Debug)]
 pub struct State {
     services: HashMap<ServiceKey, Arc<Service>>,
-    slices: HashMap<ServiceKey, BTreeMap<String, model::SliceInfo>>,
+    /// Per service, its slices by name: a small vector (usually one slice; a B-tree node costs ~1 KB).
+    slices: HashMap<ServiceKey, Vec<(String, model::SliceInfo)>>,
     /// (namespace, slice name) → the service its label named, so a relabelled or deleted slice is found.
     slice_owner: HashMap<(String, String), ServiceKey>,
     node: NodeContext,
+    /// Node names seen in slices, so that endpoints share one allocation per node.
+    node_names: HashSet<Arc<str>>,
     dirty: HashSet<ServiceKey>,
     all_dirty: bool,
     /// When the oldest change not yet synced was seen (network programming latency).
@@ -35,6 +38,7 @@ impl State {
             slices: HashMap::new(),
             slice_owner: HashMap::new(),
             node,
+            node_names: HashSet::new(),
             dirty: HashSet::new(),
             all_dirty: true,
             pending_since: None,
@@ -61,6 +65,22 @@ impl State {
         }
     }
 
+    fn intern(&mut self, mut info: model::SliceInfo) -> model::SliceInfo {
+        for ep in &mut info.endpoints {
+            if let Some(name) = ep.node_name.take() {
+                let shared = match self.node_names.get(&name) {
+                    Some(n) => Arc::clone(n),
+                    None => {
+                        self.node_names.insert(Arc::clone(&name));
+                        name
+                    }
+                };
+                ep.node_name = Some(shared);
+            }
+        }
+        info
+    }
+
     fn slice_id(slice: &EndpointSlice) -> Option<(String, String)> {
         Some((
             slice
@@ -81,10 +101,8 @@ impl State {
             model::slice_service_key(&slice),
             model::SliceInfo::from_slice(&slice),
         ) {
-            self.slices
-                .entry(key.clone())
-                .or_default()
-                .insert(id.1.clone(), info);
+            let info = self.intern(info);
+            insert_slice(self.slices.entry(key.clone()).or_default(), &id.1, info);
             self.slice_owner.insert(id, key.clone());
             self.touch(key);
         }
@@ -97,7 +115,7 @@ impl State {
     fn remove_slice(&mut self, id: &(String, String)) {
         if let Some(key) = self.slice_owner.remove(id) {
             if let Some(m) = self.slices.get_mut(&key) {
-                m.remove(&id.1);
+                m.retain(|(name, _)| *name != id.1);
                 if m.is_empty() {
                     self.slices.remove(&key);
                 }
@@ -127,10 +145,8 @@ impl State {
             ) else {
                 continue;
             };
-            self.slices
-                .entry(key.clone())
-                .or_default()
-                .insert(id.1.clone(), info);
+            let info = self.intern(info);
+            insert_slice(self.slices.entry(key.clone()).or_default(), &id.1, info);
             self.slice_owner.insert(id, key);
         }
         self.all_dirty = true;
@@ -158,8 +174,21 @@ impl State {
     pub fn model_of(&self, key: &ServiceKey) -> Option<ServiceModel> {
         let svc = self.services.get(key)?;
         let slices = self.slices.get(key);
-        model::service_model(svc, slices.into_iter().flat_map(|m| m.values()), &self.node)
+        model::service_model(
+            svc,
+            slices.into_iter().flatten().map(|(_, info)| info),
+            &self.node,
+        )
     }
+}
+
+/// Insert or replace a slice, keeping the vector ordered by name (a deterministic model).
+fn insert_slice(slices: &mut Vec<(String, model::SliceInfo)>, name: &str, info: model::SliceInfo) {
+    match slices.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+        Ok(i) => slices[i].1 = info,
+        Err(i) => slices.insert(i, (name.to_string(), info)),
+    }
+    slices.shrink_to_fit();
 }
 
 /// Result of one sync.
