@@ -138,6 +138,17 @@ fn start_ticks(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Clock ticks since boot now (the unit of a process's start time in /proc/<pid>/stat).
+fn now_ticks() -> u64 {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("/proc/uptime");
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (uptime * hz) as u64
+}
+
 /// One pod as the test saw it while it was Running.
 #[derive(Debug)]
 struct Seen {
@@ -146,6 +157,8 @@ struct Seen {
     ip: std::net::Ipv4Addr,
     netns: String,
     netns_inode: u64,
+    /// Clock ticks since boot when its deletion was requested.
+    deleted_at: u64,
     /// (pid, start ticks) of each container process, from the agent's record.
     processes: Vec<(u32, u64)>,
 }
@@ -289,6 +302,7 @@ fn two_hundred_pod_create_delete_cycles_leak_nothing() {
                 ip,
                 netns,
                 netns_inode,
+                deleted_at: 0,
                 processes,
             });
         }
@@ -320,6 +334,10 @@ fn two_hundred_pod_create_delete_cycles_leak_nothing() {
             );
         }
 
+        let deleted_at = now_ticks();
+        for seen in &mut round_seen {
+            seen.deleted_at = deleted_at;
+        }
         let out = c.kubectl(&[
             "delete",
             "pods",
@@ -389,13 +407,16 @@ fn two_hundred_pod_create_delete_cycles_leak_nothing() {
     );
     // No process of any pod: neither a recorded container process nor anything else still inside a pod's
     // network namespace (which would also keep the namespace alive after its /run/netns name is gone).
-    let inodes: BTreeMap<u64, &str> = all
-        .iter()
-        .map(|s| (s.netns_inode, s.name.as_str()))
-        .collect();
+    // The kernel reuses namespace inode numbers once a namespace is freed, so a process in a namespace another
+    // test created since then may show one of these numbers: only a process that started before its pod's
+    // deletion was requested can be a leftover of that pod.
+    let inodes: BTreeMap<u64, &Seen> = all.iter().map(|s| (s.netns_inode, s)).collect();
     let in_pod_netns: Vec<String> = process_netns()
         .into_iter()
-        .filter_map(|(pid, ino)| inodes.get(&ino).map(|pod| format!("{pid} in {pod}")))
+        .filter_map(|(pid, ino)| {
+            let pod = inodes.get(&ino)?;
+            (start_ticks(pid)? < pod.deleted_at).then(|| format!("{pid} in {}", pod.name))
+        })
         .collect();
     assert!(
         in_pod_netns.is_empty(),
