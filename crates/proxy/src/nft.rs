@@ -604,6 +604,8 @@ fn bump(m: &mut Counts, data: &Option<String>, d: i64) {
         }
         Err(i) => {
             if d > 0 {
+                // Almost always the only value: no room for more (a default Vec would hold four).
+                m.reserve_exact(1);
                 m.insert(i, (data.clone(), d as usize));
             }
         }
