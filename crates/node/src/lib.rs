@@ -258,8 +258,11 @@ pub async fn run(
                 let done: Vec<String> = workers.iter().filter(|(_, (_, h))| h.is_finished()).map(|(k, _)| k.clone()).collect();
                 let churned = !done.is_empty() || workers.len() != workers_at_last_tick;
                 for uid in done {
-                    workers.remove(&uid);
-                    finished.insert(uid);
+                    // A tombstone keeps late events from starting a second worker; a pod already gone from
+                    // the API needs none (no event names it again), so this set does not grow with every pod.
+                    if workers.remove(&uid).is_some_and(|(tx, _)| tx.borrow().is_some()) {
+                        finished.insert(uid);
+                    }
                 }
                 workers_at_last_tick = workers.len();
                 if churned {
@@ -313,17 +316,22 @@ pub async fn run(
             }
             watcher::Event::Apply(pod) => apply(pod, &mut workers),
             watcher::Event::Delete(pod) => {
-                if let Some((tx, _)) = pod.metadata.uid.as_ref().and_then(|uid| workers.get(uid)) {
-                    let _ = tx.send(None);
+                if let Some(uid) = pod.metadata.uid.as_ref() {
+                    if let Some((tx, _)) = workers.get(uid) {
+                        // Stored even when the worker has already ended, so the reaper sees the pod is gone.
+                        tx.send_replace(None);
+                    }
+                    finished.remove(uid);
                 }
             }
             watcher::Event::InitDone => {
                 // Pods that no longer exist: stop their workers; sandboxes of unknown pods go.
                 for (uid, (tx, _)) in &workers {
                     if !listed.contains(uid) {
-                        let _ = tx.send(None);
+                        tx.send_replace(None);
                     }
                 }
+                finished.retain(|uid| listed.contains(uid));
                 if !first_list_done {
                     first_list_done = true;
                     for (_, record) in records.drain() {
