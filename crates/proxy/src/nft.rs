@@ -136,6 +136,17 @@ pub struct Fragment {
     pub sets: Vec<SetDecl>,
     pub chains: Vec<Chain>,
     pub elements: Vec<Element>,
+    /// Endpoints that may reach themselves through the service (`hairpin` set, `ip . ip`). Kept apart from
+    /// `elements`: counted per address, they are most of the shared keys at scale.
+    pub hairpin: Vec<Ipv4Addr>,
+}
+
+fn hairpin_element(ip: Ipv4Addr) -> Element {
+    Element {
+        set: SetName::Shared(SET_HAIRPIN),
+        key: format!("{ip} . {ip}"),
+        data: None,
+    }
 }
 
 /// Which block of endpoint-map keys each dispatch chain owns. A chain keeps its block for its lifetime, so an
@@ -420,7 +431,7 @@ impl FragmentBuilder<'_> {
         used.sort();
         used.dedup();
         for ep in &used {
-            self.element(shared(SET_HAIRPIN), format!("{} . {}", ep.0, ep.0), None);
+            self.f.hairpin.push(ep.0);
             if let Some(t) = p.affinity_timeout {
                 self.f.sets.push(SetDecl {
                     name: affinity_set(&id, *ep),
@@ -581,6 +592,8 @@ pub struct Program {
     /// A small sorted vector per key (almost always one value): a BTreeMap per key cost ~0.5 KB × 110,000
     /// keys at 10,000 services. Endpoint-map elements are not counted: their keys belong to one chain.
     elements: HashMap<(SetName, String), Counts>,
+    /// How many service ports list each hairpin address.
+    hairpin: HashMap<Ipv4Addr, u32>,
     groups: EndpointGroups,
     /// Endpoint maps that exist in the table.
     shards: BTreeSet<u16>,
@@ -755,7 +768,16 @@ impl Program {
         self.elements.clear();
         let mut order: Vec<(SetName, String)> = Vec::new();
         let mut endpoint_elements: Vec<&Element> = Vec::new();
+        let mut hairpin_order: Vec<Ipv4Addr> = Vec::new();
+        self.hairpin.clear();
         for f in fragments.values() {
+            for ip in &f.hairpin {
+                let n = self.hairpin.entry(*ip).or_insert(0);
+                if *n == 0 {
+                    hairpin_order.push(*ip);
+                }
+                *n += 1;
+            }
             for s in &f.sets {
                 let _ = writeln!(out, "add set ip {t} {} {}", s.name, s.decl);
             }
@@ -779,6 +801,7 @@ impl Program {
             .iter()
             .filter_map(|(set, key)| installed(self.elements.get(&(*set, key.clone())), *set, key))
             .collect();
+        order.extend(hairpin_order.into_iter().map(hairpin_element));
         order.extend(endpoint_elements.into_iter().cloned());
         for l in rules {
             out.push_str(&l);
@@ -818,6 +841,7 @@ impl Program {
         self.cfg.as_ref()?;
         let mut diff = Diff::default();
         let mut delta: HashMap<Element, i64> = HashMap::new();
+        let mut hairpin_delta: BTreeMap<Ipv4Addr, i64> = BTreeMap::new();
         let empty = Fragment::default();
         for (old, new) in &changes {
             let old = old.as_ref().unwrap_or(&empty);
@@ -895,6 +919,12 @@ impl Program {
                     diff.added_elements.push(e.clone());
                 }
             }
+            for ip in &old.hairpin {
+                *hairpin_delta.entry(*ip).or_insert(0) -= 1;
+            }
+            for ip in &new.hairpin {
+                *hairpin_delta.entry(*ip).or_insert(0) += 1;
+            }
             for e in old
                 .elements
                 .iter()
@@ -934,6 +964,19 @@ impl Program {
                 if let Some(a) = after {
                     diff.added_elements.push(a);
                 }
+            }
+        }
+        for (ip, d) in hairpin_delta {
+            let before = self.hairpin.get(&ip).copied().unwrap_or(0);
+            let after = (before as i64 + d).max(0) as u32;
+            match after {
+                0 => self.hairpin.remove(&ip),
+                n => self.hairpin.insert(ip, n),
+            };
+            if before == 0 && after > 0 {
+                diff.added_elements.push(hairpin_element(ip));
+            } else if before > 0 && after == 0 {
+                diff.deleted_elements.push(hairpin_element(ip));
             }
         }
         for c in &diff.gone_chains {
@@ -1004,9 +1047,11 @@ pub fn render_service(
         }
     }
     let mut seen = HashSet::new();
+    let hairpin: Vec<Element> = f.hairpin.iter().map(|ip| hairpin_element(*ip)).collect();
     let els: Vec<Element> = f
         .elements
         .iter()
+        .chain(&hairpin)
         .filter(|e| seen.insert((*e).clone()))
         .cloned()
         .collect();
