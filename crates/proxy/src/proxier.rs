@@ -387,8 +387,10 @@ impl Proxier {
             None => {
                 report.full = true;
                 let models = std::mem::take(&mut self.models);
-                let frags: BTreeMap<ServiceKey, nft::Fragment> = models
-                    .iter()
+                // In key order, so that a fresh program numbers endpoint blocks the same way every time.
+                let ordered: BTreeMap<&ServiceKey, &ServiceModel> = models.iter().collect();
+                let frags: BTreeMap<ServiceKey, nft::Fragment> = ordered
+                    .into_iter()
                     .map(|(k, m)| (k.clone(), self.program.fragment(m, &self.cfg)))
                     .collect();
                 self.models = models;
