@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use crate::model::Protocol;
 use crate::nft::{
     Diff, Dispatch, Element, SetName, MAP_NO_ENDPOINT_NODEPORTS, MAP_NO_ENDPOINT_SERVICES,
-    MAP_SERVICE_IPS, MAP_SERVICE_NODEPORTS, SET_CLUSTER_IPS, SET_HAIRPIN,
+    MAP_SERVICE_IPS, MAP_SERVICE_NODEPORTS, SET_CLUSTER_IPS,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +225,6 @@ fn key_bytes(e: &Element) -> Result<Vec<u8>, NetlinkError> {
             Ok(k.to_ne_bytes().to_vec())
         }
         SetName::Shared(SET_CLUSTER_IPS) => Ok(ip(&e.key)?.to_vec()),
-        SetName::Shared(SET_HAIRPIN) => concat(&e.key, [ip, ip]),
         SetName::Shared(MAP_SERVICE_IPS) | SetName::Shared(MAP_NO_ENDPOINT_SERVICES) => {
             concat(&e.key, [ip, proto, port])
         }
@@ -499,13 +498,8 @@ mod tests {
         assert_eq!(k, [132, 0, 0, 0, 0x7a, 0xa7, 0, 0]);
         let k = key_bytes(&el(SetName::Endpoints(3), "320", None)).unwrap();
         assert_eq!(k, 320u32.to_ne_bytes());
-        let k = key_bytes(&el(
-            SetName::Shared(SET_HAIRPIN),
-            "10.244.1.5 . 10.244.1.5",
-            None,
-        ))
-        .unwrap();
-        assert_eq!(k, [10, 244, 1, 5, 10, 244, 1, 5]);
+        let k = key_bytes(&el(SetName::Shared(SET_CLUSTER_IPS), "10.96.0.1", None)).unwrap();
+        assert_eq!(k, [10, 96, 0, 1]);
     }
 
     #[test]
@@ -539,9 +533,9 @@ mod tests {
             added_elements: vec![
                 el(SetName::Endpoints(1), "4097", Some("10.244.1.9 . 8080")),
                 el(
-                    SetName::Shared(SET_HAIRPIN),
-                    "10.244.1.9 . 10.244.1.9",
-                    None,
+                    SetName::Shared(MAP_SERVICE_IPS),
+                    "10.96.0.1 . tcp . 80",
+                    Some("goto svc-a"),
                 ),
             ],
             ..Diff::default()

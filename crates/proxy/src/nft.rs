@@ -29,7 +29,6 @@ use crate::model::{Endpoint, Protocol, ProxyModel, ServiceKey, ServiceModel, Ser
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
 pub const SET_CLUSTER_IPS: &str = "cluster-ips";
-pub const SET_HAIRPIN: &str = "hairpin";
 pub const MAP_SERVICE_IPS: &str = "service-ips";
 pub const MAP_SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const MAP_NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
@@ -136,17 +135,6 @@ pub struct Fragment {
     pub sets: Vec<SetDecl>,
     pub chains: Vec<Chain>,
     pub elements: Vec<Element>,
-    /// Endpoints that may reach themselves through the service (`hairpin` set, `ip . ip`). Kept apart from
-    /// `elements`: counted per address, they are most of the shared keys at scale.
-    pub hairpin: Vec<Ipv4Addr>,
-}
-
-fn hairpin_element(ip: Ipv4Addr) -> Element {
-    Element {
-        set: SetName::Shared(SET_HAIRPIN),
-        key: format!("{ip} . {ip}"),
-        data: None,
-    }
 }
 
 /// Which block of endpoint-map keys each dispatch chain owns. A chain keeps its block for its lifetime, so an
@@ -430,9 +418,8 @@ impl FragmentBuilder<'_> {
         }
         used.sort();
         used.dedup();
-        for ep in &used {
-            self.f.hairpin.push(ep.0);
-            if let Some(t) = p.affinity_timeout {
+        if let Some(t) = p.affinity_timeout {
+            for ep in &used {
                 self.f.sets.push(SetDecl {
                     name: affinity_set(&id, *ep),
                     decl: format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {t}s ; }}"),
@@ -464,7 +451,6 @@ fn base(cfg: &RenderConfig) -> (Vec<String>, Vec<String>) {
     let t = &cfg.table;
     let mut decl = vec![
         format!("add set ip {t} {SET_CLUSTER_IPS} {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}"),
-        format!("add set ip {t} {SET_HAIRPIN} {{ type ipv4_addr . ipv4_addr ; comment \"endpoint . endpoint: a pod reaching itself through a service\" ; }}"),
         format!("add map ip {t} {MAP_SERVICE_IPS} {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}"),
         format!("add map ip {t} {MAP_SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict ; comment \"NodePort traffic\" ; }}"),
         format!("add map ip {t} {MAP_NO_ENDPOINT_SERVICES} {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"services without usable endpoints: reject or drop\" ; }}"),
@@ -496,6 +482,12 @@ fn base(cfg: &RenderConfig) -> (Vec<String>, Vec<String>) {
     let mut r = |chain: &str, rule: &str| rules.push(format!("add rule ip {t} {chain} {rule}"));
     r("filter-input", "ct state new jump endpoints-check");
     r("filter-forward", "ct state new jump endpoints-check");
+    // Hairpin: an endpoint reaching itself through a service leaves on the interface it came in on. It must be
+    // masqueraded, or it would answer itself directly. (`fib … oif` is not allowed in postrouting, so mark here.)
+    r(
+        "filter-forward",
+        "ct state new ct status dnat fib daddr . iif oif exists jump mark-for-masquerade comment \"hairpin\"",
+    );
     r("filter-forward", "ct state new jump cluster-ips-check");
     r("filter-output", "ct state new jump endpoints-check");
     r(
@@ -548,12 +540,6 @@ fn base(cfg: &RenderConfig) -> (Vec<String>, Vec<String>) {
     );
     r(
         "masquerading",
-        &format!(
-            "ct status dnat ip saddr . ip daddr @{SET_HAIRPIN} masquerade comment \"hairpin\""
-        ),
-    );
-    r(
-        "masquerading",
         &format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"),
     );
     r(
@@ -592,8 +578,6 @@ pub struct Program {
     /// A small sorted vector per key (almost always one value): a BTreeMap per key cost ~0.5 KB × 110,000
     /// keys at 10,000 services. Endpoint-map elements are not counted: their keys belong to one chain.
     elements: HashMap<(SetName, String), Counts>,
-    /// How many service ports list each hairpin address.
-    hairpin: HashMap<Ipv4Addr, u32>,
     groups: EndpointGroups,
     /// Endpoint maps that exist in the table.
     shards: BTreeSet<u16>,
@@ -768,16 +752,7 @@ impl Program {
         self.elements.clear();
         let mut order: Vec<(SetName, String)> = Vec::new();
         let mut endpoint_elements: Vec<&Element> = Vec::new();
-        let mut hairpin_order: Vec<Ipv4Addr> = Vec::new();
-        self.hairpin.clear();
         for f in fragments.values() {
-            for ip in &f.hairpin {
-                let n = self.hairpin.entry(*ip).or_insert(0);
-                if *n == 0 {
-                    hairpin_order.push(*ip);
-                }
-                *n += 1;
-            }
             for s in &f.sets {
                 let _ = writeln!(out, "add set ip {t} {} {}", s.name, s.decl);
             }
@@ -801,7 +776,6 @@ impl Program {
             .iter()
             .filter_map(|(set, key)| installed(self.elements.get(&(*set, key.clone())), *set, key))
             .collect();
-        order.extend(hairpin_order.into_iter().map(hairpin_element));
         order.extend(endpoint_elements.into_iter().cloned());
         for l in rules {
             out.push_str(&l);
@@ -841,7 +815,6 @@ impl Program {
         self.cfg.as_ref()?;
         let mut diff = Diff::default();
         let mut delta: HashMap<Element, i64> = HashMap::new();
-        let mut hairpin_delta: BTreeMap<Ipv4Addr, i64> = BTreeMap::new();
         let empty = Fragment::default();
         for (old, new) in &changes {
             let old = old.as_ref().unwrap_or(&empty);
@@ -919,12 +892,6 @@ impl Program {
                     diff.added_elements.push(e.clone());
                 }
             }
-            for ip in &old.hairpin {
-                *hairpin_delta.entry(*ip).or_insert(0) -= 1;
-            }
-            for ip in &new.hairpin {
-                *hairpin_delta.entry(*ip).or_insert(0) += 1;
-            }
             for e in old
                 .elements
                 .iter()
@@ -964,19 +931,6 @@ impl Program {
                 if let Some(a) = after {
                     diff.added_elements.push(a);
                 }
-            }
-        }
-        for (ip, d) in hairpin_delta {
-            let before = self.hairpin.get(&ip).copied().unwrap_or(0);
-            let after = (before as i64 + d).max(0) as u32;
-            match after {
-                0 => self.hairpin.remove(&ip),
-                n => self.hairpin.insert(ip, n),
-            };
-            if before == 0 && after > 0 {
-                diff.added_elements.push(hairpin_element(ip));
-            } else if before > 0 && after == 0 {
-                diff.deleted_elements.push(hairpin_element(ip));
             }
         }
         for c in &diff.gone_chains {
@@ -1047,11 +1001,9 @@ pub fn render_service(
         }
     }
     let mut seen = HashSet::new();
-    let hairpin: Vec<Element> = f.hairpin.iter().map(|ip| hairpin_element(*ip)).collect();
     let els: Vec<Element> = f
         .elements
         .iter()
-        .chain(&hairpin)
         .filter(|e| seen.insert((*e).clone()))
         .cloned()
         .collect();
