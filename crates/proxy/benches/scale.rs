@@ -148,6 +148,14 @@ fn conn_rate(node_ns: &str, secs: u64) -> f64 {
     rate
 }
 
+/// A deterministic pseudo-random service index (the same services are touched in every run).
+fn next_service(state: &mut u64, n: usize) -> usize {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*state >> 33) as usize % n
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -259,10 +267,7 @@ async fn main() {
     let mut compute = Vec::with_capacity(changes);
     let mut rng_state = 12345u64;
     for k in 0..changes {
-        rng_state = rng_state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let i = (rng_state >> 33) as usize % n;
+        let i = next_service(&mut rng_state, n);
         let name = format!("svc-{i}");
         let mut ips: Vec<String> = (0..e).map(|j| endpoint_ip(i * e + j)).collect();
         ips[0] = endpoint_ip(n * e + 10 + k);
@@ -278,10 +283,7 @@ async fn main() {
     // One endpoint more or less (a scale step): the service's dispatch rule changes too.
     let mut scale_times = Vec::with_capacity(changes);
     for k in 0..changes {
-        rng_state = rng_state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let i = (rng_state >> 33) as usize % n;
+        let i = next_service(&mut rng_state, n);
         let name = format!("svc-{i}");
         let mut ips: Vec<String> = (0..e).map(|j| endpoint_ip(i * e + j)).collect();
         for step in 0..2 {

@@ -865,46 +865,29 @@ impl Program {
                     diff.new_shards.push(s);
                 }
             }
-            // Endpoint-map keys belong to this service's chains alone: a plain diff.
-            let endpoint_keys = |f: &'_ Fragment| -> HashMap<(SetName, String), Option<String>> {
-                f.elements
-                    .iter()
-                    .filter(|e| matches!(e.set, SetName::Endpoints(_)))
-                    .map(|e| ((e.set, e.key.clone()), e.data.clone()))
-                    .collect()
-            };
-            let (old_eps, new_eps) = (endpoint_keys(old), endpoint_keys(new));
+            // Endpoint-map keys belong to this service's chains alone: a plain diff (a changed value is a
+            // deletion and an addition of the same key).
+            let is_endpoint = |e: &&Element| matches!(e.set, SetName::Endpoints(_));
+            let old_eps: HashSet<&Element> = old.elements.iter().filter(is_endpoint).collect();
+            let new_eps: HashSet<&Element> = new.elements.iter().filter(is_endpoint).collect();
             for e in old
                 .elements
                 .iter()
-                .filter(|e| matches!(e.set, SetName::Endpoints(_)))
+                .filter(|e| !new_eps.contains(e) && is_endpoint(e))
             {
-                if new_eps.get(&(e.set, e.key.clone())) != Some(&e.data) {
-                    diff.deleted_elements.push(e.clone());
-                }
+                diff.deleted_elements.push(e.clone());
             }
             for e in new
                 .elements
                 .iter()
-                .filter(|e| matches!(e.set, SetName::Endpoints(_)))
+                .filter(|e| !old_eps.contains(e) && is_endpoint(e))
             {
-                if old_eps.get(&(e.set, e.key.clone())) != Some(&e.data) {
-                    diff.added_elements.push(e.clone());
+                diff.added_elements.push(e.clone());
+            }
+            for (elements, d) in [(&old.elements, -1), (&new.elements, 1)] {
+                for e in elements.iter().filter(|e| !is_endpoint(e)) {
+                    *delta.entry(e.clone()).or_insert(0) += d;
                 }
-            }
-            for e in old
-                .elements
-                .iter()
-                .filter(|e| matches!(e.set, SetName::Shared(_)))
-            {
-                *delta.entry(e.clone()).or_insert(0) -= 1;
-            }
-            for e in new
-                .elements
-                .iter()
-                .filter(|e| matches!(e.set, SetName::Shared(_)))
-            {
-                *delta.entry(e.clone()).or_insert(0) += 1;
             }
         }
         let mut per_key: BTreeMap<(SetName, String), Vec<ElementDelta>> = BTreeMap::new();
