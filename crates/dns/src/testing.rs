@@ -215,3 +215,25 @@ pub fn example_cluster() -> SnapshotBuilder {
     b.set_synced(true);
     b
 }
+
+/// `example_cluster` plus default/big, a headless service with 100 ready endpoints (its A answer needs more than
+/// 512 bytes: truncation over UDP).
+pub fn example_cluster_with_big_headless() -> SnapshotBuilder {
+    let mut b = example_cluster();
+    add_service(
+        &mut b,
+        json!({"metadata": {"name": "big", "namespace": "default"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}}),
+    );
+    let endpoints: Vec<_> = (0..100)
+        .map(|i| json!({"addresses": [format!("10.244.9.{i}")], "conditions": {"ready": true}}))
+        .collect();
+    add_slice(
+        &mut b,
+        json!({"metadata": {"name": "big-1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "big"}},
+        "addressType": "IPv4", "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
+    );
+    b
+}

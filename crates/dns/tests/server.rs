@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skiff_dns::model::SnapshotBuilder;
-use skiff_dns::testing::{add_service, add_slice, example_cluster};
+use skiff_dns::testing::{
+    add_service, add_slice, example_cluster, example_cluster_with_big_headless,
+};
 use skiff_dns::{serve_snapshot, Options, Running};
 
 fn loopback0() -> SocketAddr {
@@ -36,26 +38,6 @@ async fn dig(server: SocketAddr, args: &[&str]) -> String {
         .await
         .expect("dig runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn cluster_with_big_headless() -> SnapshotBuilder {
-    let mut b = example_cluster();
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "big", "namespace": "default"},
-        "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}}),
-    );
-    let endpoints: Vec<_> = (0..100)
-        .map(|i| json!({"addresses": [format!("10.244.9.{i}")], "conditions": {"ready": true}}))
-        .collect();
-    add_slice(
-        &mut b,
-        json!({"metadata": {"name": "big-1", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "big"}},
-        "addressType": "IPv4", "endpoints": endpoints,
-        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
-    );
-    b
 }
 
 async fn start(b: &mut SnapshotBuilder, upstream: &[SocketAddr]) -> Running {
@@ -102,7 +84,7 @@ async fn dig_over_udp_and_tcp() {
 
 #[tokio::test]
 async fn big_answers_truncate_on_udp_and_complete_over_tcp() {
-    let s = start(&mut cluster_with_big_headless(), &[]).await;
+    let s = start(&mut example_cluster_with_big_headless(), &[]).await;
     let a = s.dns_addr;
     // Without EDNS the limit is 512 bytes: TC set, no records.
     let udp = dig(a, &["+noedns", "+ignore", "big.default.svc.cluster.local"]).await;

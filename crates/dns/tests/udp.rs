@@ -11,10 +11,8 @@ use hickory_proto::op::{Edns, Message, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use skiff_dns::answer::query_message;
-use skiff_dns::model::SnapshotBuilder;
-use skiff_dns::testing::{add_service, add_slice, example_cluster};
+use skiff_dns::testing::example_cluster_with_big_headless;
 use skiff_dns::wire::{encode, parse_request, udp_limit, Parsed};
 use skiff_dns::{answer, serve_snapshot, Options, Running, Snapshot};
 
@@ -26,27 +24,6 @@ fn options() -> Options {
     // A closed loopback port: nothing leaves the host.
     o.upstream = vec!["127.0.0.1:9".into()];
     o
-}
-
-/// The example cluster plus a headless service with 100 endpoints (its A answer needs more than 512 bytes).
-fn cluster() -> SnapshotBuilder {
-    let mut b = example_cluster();
-    add_service(
-        &mut b,
-        json!({"metadata": {"name": "big", "namespace": "default"},
-        "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}}),
-    );
-    let endpoints: Vec<_> = (0..100)
-        .map(|i| json!({"addresses": [format!("10.244.9.{i}")], "conditions": {"ready": true}}))
-        .collect();
-    add_slice(
-        &mut b,
-        json!({"metadata": {"name": "big-1", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "big"}},
-        "addressType": "IPv4", "endpoints": endpoints,
-        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
-    );
-    b
 }
 
 /// What the server must send for `request`: the pure path (decode, answer, encode within the UDP limit).
@@ -161,7 +138,7 @@ fn question_len(request: &[u8]) -> usize {
 
 #[tokio::test]
 async fn concurrent_clients_get_byte_exact_answers_with_their_ids_and_case() {
-    let s = serve_snapshot(cluster().snapshot(), &options())
+    let s = serve_snapshot(example_cluster_with_big_headless().snapshot(), &options())
         .await
         .expect("server starts");
     let snap = s.server.snapshot();
@@ -239,7 +216,7 @@ async fn ask(sock: &tokio::net::UdpSocket, addr: SocketAddr, id: u16, name: &str
 
 #[tokio::test]
 async fn cached_udp_replies_are_counted_in_the_metrics() {
-    let s = serve_snapshot(cluster().snapshot(), &options())
+    let s = serve_snapshot(example_cluster_with_big_headless().snapshot(), &options())
         .await
         .expect("server starts");
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -279,7 +256,8 @@ async fn servfail_until_synced_then_answers_despite_the_udp_cache() {
         let m = ask(&sock, s.dns_addr, id, "web.default.svc.cluster.local.").await;
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     }
-    s.server.store(cluster().snapshot());
+    s.server
+        .store(example_cluster_with_big_headless().snapshot());
     let m = ask(&sock, s.dns_addr, 3, "web.default.svc.cluster.local.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(
@@ -295,7 +273,7 @@ fn the_udp_thread_ends_and_frees_its_port_when_the_runtime_stops() {
         .build()
         .expect("runtime");
     let (addr, running): (SocketAddr, Arc<Running>) = rt.block_on(async {
-        let s = serve_snapshot(cluster().snapshot(), &options())
+        let s = serve_snapshot(example_cluster_with_big_headless().snapshot(), &options())
             .await
             .expect("server starts");
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -323,7 +301,7 @@ fn the_udp_thread_ends_and_frees_its_port_when_the_runtime_stops() {
 
 #[tokio::test]
 async fn the_udp_socket_has_room_for_a_burst_of_queries() {
-    let s = serve_snapshot(cluster().snapshot(), &options())
+    let s = serve_snapshot(example_cluster_with_big_headless().snapshot(), &options())
         .await
         .expect("server starts");
     // `ss -m` shows the socket's memory limits: rb is the receive buffer (the kernel doubles what was asked
