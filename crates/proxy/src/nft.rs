@@ -728,8 +728,19 @@ impl Program {
         cfg: &RenderConfig,
         fragments: BTreeMap<ServiceKey, Fragment>,
     ) -> String {
-        let t = &cfg.table;
         let mut out = String::new();
+        self.full_into(cfg, fragments, &mut out);
+        out
+    }
+
+    /// `full`, written into `out` as it is rendered (the caller may stream it to `nft`).
+    pub fn full_into(
+        &mut self,
+        cfg: &RenderConfig,
+        fragments: BTreeMap<ServiceKey, Fragment>,
+        out: &mut dyn Write,
+    ) {
+        let t = &cfg.table;
         let _ = writeln!(out, "add table ip {t}");
         let _ = writeln!(out, "delete table ip {t}");
         let _ = writeln!(
@@ -738,16 +749,14 @@ impl Program {
         );
         let (decl, rules) = base(cfg);
         for l in decl {
-            out.push_str(&l);
-            out.push('\n');
+            let _ = writeln!(out, "{l}");
         }
         self.shards = fragments
             .values()
             .flat_map(|f| shards_of(&f.elements))
             .collect();
         for shard in &self.shards {
-            out.push_str(&shard_decl(t, *shard));
-            out.push('\n');
+            let _ = writeln!(out, "{}", shard_decl(t, *shard));
         }
         self.elements.clear();
         let mut order: Vec<(SetName, String)> = Vec::new();
@@ -778,8 +787,7 @@ impl Program {
             .collect();
         order.extend(endpoint_elements.into_iter().cloned());
         for l in rules {
-            out.push_str(&l);
-            out.push('\n');
+            let _ = writeln!(out, "{l}");
         }
         for f in fragments.values() {
             for c in &f.chains {
@@ -788,14 +796,13 @@ impl Program {
                 }
             }
         }
-        write_elements(&mut out, t, "add", &order);
+        write_elements(out, t, "add", &order);
         let live: HashSet<&str> = fragments
             .values()
             .flat_map(|f| f.chains.iter().map(|c| c.name.as_str()))
             .collect();
         self.groups.retain(&live);
         self.cfg = Some(cfg.clone());
-        out
     }
 
     /// Whether `update` can be used (a full sync happened with this configuration).
@@ -923,7 +930,7 @@ impl Program {
     }
 }
 
-fn write_elements(out: &mut String, table: &str, verb: &str, elements: &[Element]) {
+fn write_elements(out: &mut dyn Write, table: &str, verb: &str, elements: &[Element]) {
     // Group per set, keeping first-seen order (deterministic for golden tests).
     let mut sets: Vec<SetName> = Vec::new();
     let mut per: HashMap<SetName, Vec<&Element>> = HashMap::new();

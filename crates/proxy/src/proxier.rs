@@ -394,10 +394,18 @@ impl Proxier {
                     .map(|(k, m)| (k.clone(), self.program.fragment(m, &self.cfg)))
                     .collect();
                 self.models = models;
-                let script = self.program.full(&self.cfg, frags);
-                report.script_bytes = script.len();
-                report.compute = started.elapsed();
-                self.runner.nft(&script).await
+                // Streamed: nft parses the start of the script while the rest is rendered.
+                let (program, cfg) = (&mut self.program, &self.cfg);
+                let mut compute = started.elapsed();
+                let applied = self
+                    .runner
+                    .nft_streamed(|out| {
+                        program.full_into(cfg, frags, out);
+                        compute = started.elapsed();
+                    })
+                    .await;
+                report.compute = compute;
+                applied.map(|bytes| report.script_bytes = bytes)
             }
         };
         if let Err(e) = result {

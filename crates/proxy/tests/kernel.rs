@@ -3,6 +3,7 @@
 //! (State + Proxier → `nft -f -` and `conntrack` inside the node namespace). Everything is uniquely named and
 //! removed on drop, also when a test fails. Needs root; skipped otherwise.
 
+use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -921,4 +922,25 @@ async fn endpoint_moves_over_netlink_match_a_full_nft_sync() {
             "netlink result == nft full sync"
         );
     }
+}
+
+/// A streamed script that nft rejects fails the apply with nft's message, and the table stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_script_errors_come_back_from_nft() {
+    let Some(mut h) = Harness::new() else { return };
+    h.state
+        .lock()
+        .apply_service(service("web", web_spec("10.96.0.10", json!({}))));
+    h.sync().await;
+    let before = h.ruleset();
+    let runner = h.proxier.runner().clone();
+    let err = runner
+        .nft_streamed(|out| {
+            let _ = writeln!(out, "delete table ip {}", h.table);
+            let _ = writeln!(out, "add chain ip {} broken {{ type nonsense ; }}", h.table);
+        })
+        .await
+        .expect_err("nft rejects the script");
+    assert!(err.to_string().contains("nft failed"), "{err}");
+    assert_eq!(h.ruleset(), before, "the transaction was not applied");
 }
