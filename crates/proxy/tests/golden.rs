@@ -239,7 +239,11 @@ fn external_traffic_policy_local_without_local_endpoint_drops() {
         &[("10.244.2.7", "node-2", true, true, false)],
         &[("http", 80, "TCP")],
     );
-    let model = ProxyModel::build(&[service.clone()], &[remote.clone()], &node());
+    let model = ProxyModel::build(
+        std::slice::from_ref(&service),
+        std::slice::from_ref(&remote),
+        &node(),
+    );
     let hc = model
         .services
         .values()
@@ -303,7 +307,10 @@ fn terminating_endpoints_used_when_none_ready() {
         &[("http", 80, "TCP")],
     );
     // Only the serving terminating endpoint is used; the non-serving one and the not-ready one are not.
-    golden("terminating", &render(&[demoapp(json!({}))], &[s.clone()]));
+    golden(
+        "terminating",
+        &render(&[demoapp(json!({}))], std::slice::from_ref(&s)),
+    );
     let mut with_ready = s;
     with_ready.endpoints.push(
         serde_json::from_value(json!({"addresses": ["10.244.3.3"], "nodeName": "node-3",

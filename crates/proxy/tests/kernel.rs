@@ -3,7 +3,6 @@
 //! (State + Proxier → `nft -f -` and `conntrack` inside the node namespace). Everything is uniquely named and
 //! removed on drop, also when a test fails. Needs root; skipped otherwise.
 
-use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
