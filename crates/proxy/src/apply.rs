@@ -107,18 +107,11 @@ impl Runner {
         if script.is_empty() {
             return Ok(());
         }
-        let out = self
-            .run("nft", &["-f", "-"], Some(script.as_bytes()))
-            .await?;
-        if out.success {
-            Ok(())
-        } else {
-            Err(ApplyError::Failed {
-                program: "nft".into(),
-                status: out.status,
-                stderr: truncate(out.stderr),
-            })
-        }
+        self.nft_streamed(|out| {
+            let _ = out.write_str(script);
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Apply an nf_tables batch (one atomic transaction) over netlink, on a socket kept for the next batches.

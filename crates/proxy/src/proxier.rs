@@ -65,6 +65,18 @@ impl State {
         }
     }
 
+    /// Record slice `id` of service `key` (node names interned, the service's slices kept ordered by name).
+    fn store_slice(&mut self, id: (String, String), key: &ServiceKey, info: model::SliceInfo) {
+        let info = self.intern(info);
+        let slices = self.slices.entry(key.clone()).or_default();
+        match slices.binary_search_by(|(n, _)| n.as_str().cmp(&id.1)) {
+            Ok(i) => slices[i].1 = info,
+            Err(i) => slices.insert(i, (id.1.clone(), info)),
+        }
+        slices.shrink_to_fit();
+        self.slice_owner.insert(id, key.clone());
+    }
+
     fn intern(&mut self, mut info: model::SliceInfo) -> model::SliceInfo {
         for ep in &mut info.endpoints {
             if let Some(name) = ep.node_name.take() {
@@ -101,9 +113,7 @@ impl State {
             model::slice_service_key(&slice),
             model::SliceInfo::from_slice(&slice),
         ) {
-            let info = self.intern(info);
-            insert_slice(self.slices.entry(key.clone()).or_default(), &id.1, info);
-            self.slice_owner.insert(id, key.clone());
+            self.store_slice(id, &key, info);
             self.touch(key);
         }
     }
@@ -145,9 +155,7 @@ impl State {
             ) else {
                 continue;
             };
-            let info = self.intern(info);
-            insert_slice(self.slices.entry(key.clone()).or_default(), &id.1, info);
-            self.slice_owner.insert(id, key);
+            self.store_slice(id, &key, info);
         }
         self.all_dirty = true;
         self.pending_since.get_or_insert_with(Instant::now);
@@ -180,15 +188,6 @@ impl State {
             &self.node,
         )
     }
-}
-
-/// Insert or replace a slice, keeping the vector ordered by name (a deterministic model).
-fn insert_slice(slices: &mut Vec<(String, model::SliceInfo)>, name: &str, info: model::SliceInfo) {
-    match slices.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
-        Ok(i) => slices[i].1 = info,
-        Err(i) => slices.insert(i, (name.to_string(), info)),
-    }
-    slices.shrink_to_fit();
 }
 
 /// Result of one sync.
