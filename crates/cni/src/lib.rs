@@ -1,6 +1,8 @@
 //! Skiff's pod network: the `skiff-cni` CNI plugin with host-local style IPAM, the runtime side that runs a
 //! CNI plugin list as a container runtime does, and the routes between nodes (VXLAN overlay or host-gw).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod ipam;
 pub mod nl;
