@@ -3,6 +3,7 @@
 use crate::alloc::{held_by, Allocators};
 use crate::discovery;
 use crate::registry::{self, Resource, Sub};
+use crate::reservations::{AllocError, ServiceAllocator};
 use crate::status::{ApiError, ApiResult};
 use crate::{Error, ServerConfig};
 use base64::Engine;
@@ -30,9 +31,9 @@ const TABLE_CT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 pub struct Ctx {
     pub store: Arc<dyn Store>,
     token: String,
-    /// ClusterIP / NodePort allocations. Held only while deciding (never across a store write): an allocation
-    /// is reserved before the write and given back if the write fails, so concurrent writers never share one.
-    alloc: parking_lot::Mutex<Allocators>,
+    /// ClusterIP / NodePort allocations: reserved in the store before the Service write and given back if the
+    /// write fails, so concurrent writers (also on other API servers) never share one.
+    alloc: ServiceAllocator,
     advertise: IpAddr,
     port: u16,
     /// Becomes true (or its sender goes away) when the server shuts down: connections and watch streams end so
@@ -53,19 +54,18 @@ impl Ctx {
         port: u16,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<Self>, Error> {
-        let mut alloc = Allocators::new(cfg.service_cidr, cfg.node_ports.clone());
         let svc = registry::find("", "v1", "services")
             .ok_or_else(|| Error::Bootstrap("no services".into()))?;
-        let list = store.list(&svc.prefix(), ListOptions::default()).await?;
-        for kv in list.items {
-            if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
-                alloc.mark(&held_by(&v));
-            }
-        }
+        let alloc = ServiceAllocator::new(
+            store.clone(),
+            Allocators::new(cfg.service_cidr, cfg.node_ports.clone()),
+            &svc.prefix(),
+        )
+        .await?;
         Ok(Arc::new(Self {
             store,
             token,
-            alloc: parking_lot::Mutex::new(alloc),
+            alloc,
             advertise: cfg.advertise_address,
             port,
             stop,
@@ -662,6 +662,9 @@ impl Filters {
     }
 }
 
+/// Upstream's message when a continue token's revision has been compacted.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContinueToken {
     #[serde(rename = "k")]
@@ -686,7 +689,7 @@ async fn list(
                 .map_err(|_| ApiError::bad_request("invalid continue token"))?;
             let tok: ContinueToken = serde_json::from_slice(&raw)
                 .map_err(|_| ApiError::bad_request("invalid continue token"))?;
-            Some(tok.key)
+            Some(tok)
         }
         None => None,
     };
@@ -758,20 +761,27 @@ async fn list_visit(
     ctx: &Ctx,
     prefix: &str,
     filters: &Filters,
-    start_after: Option<String>,
+    start_after: Option<ContinueToken>,
     limit: usize,
     mut visit: impl FnMut(&KeyValue, Option<Value>) -> ApiResult<()>,
 ) -> ApiResult<(u64, Option<String>, Option<usize>)> {
+    let pinned = start_after.is_some();
+    // Later pages read the first page's revision (one consistent list, as upstream's continue tokens).
     let r = ctx
         .store
         .list(
             prefix,
             ListOptions {
-                start_after,
+                revision: start_after.as_ref().map(|t| t.rv).filter(|r| *r > 0),
+                start_after: start_after.map(|t| t.key),
                 limit: None,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            skiff_store::Error::TooOld { .. } if pinned => ApiError::gone(CONTINUE_EXPIRED),
+            e => ApiError::from(e),
+        })?;
     let mut count = 0usize;
     let mut last_key: Option<&str> = None;
     for (i, kv) in r.items.iter().enumerate() {
@@ -815,7 +825,7 @@ async fn list_filtered(
             prefix,
             ListOptions {
                 start_after,
-                limit: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -1157,10 +1167,12 @@ async fn create_prepared(
     }
     let key = res.key(ns, &name);
     if is_service(res) {
-        ctx.alloc
-            .lock()
-            .allocate(&mut obj, None, opts.dry_run)
-            .map_err(|c| ApiError::invalid(res.group, res.kind, &name, &c))?;
+        let owner = format!("{}/{name}", ns.unwrap_or(""));
+        let reserved = ctx
+            .alloc
+            .allocate(&mut obj, None, opts.dry_run, &owner)
+            .await
+            .map_err(|e| alloc_err(res, &name, e))?;
         if opts.dry_run {
             if ctx.store.get(&key).await?.is_some() {
                 return Err(ApiError::already_exists(res.group, res.plural, &name));
@@ -1170,7 +1182,7 @@ async fn create_prepared(
         match ctx.store.create(&key, to_stored(&obj)).await {
             Ok(kv) => Ok(with_rv(obj, kv.mod_revision)),
             Err(e) => {
-                ctx.alloc.lock().release(&held_by(&obj));
+                ctx.alloc.undo(reserved).await;
                 Err(store_err(res, &name, e))
             }
         }
@@ -1187,6 +1199,13 @@ async fn create_prepared(
             .await
             .map_err(|e| store_err(res, &name, e))?;
         Ok(with_rv(obj, kv.mod_revision))
+    }
+}
+
+fn alloc_err(res: &Resource, name: &str, e: AllocError) -> ApiError {
+    match e {
+        AllocError::Invalid(c) => ApiError::invalid(res.group, res.kind, name, &c),
+        AllocError::Store(e) => ApiError::from(e),
     }
 }
 
@@ -1317,14 +1336,18 @@ async fn finish_update(
             .as_array()
             .is_none_or(|f| f.is_empty());
     let svc = is_service(res);
-    if svc {
+    let owner = format!("{}/{name}", ns.unwrap_or(""));
+    let reserved = if svc {
         ctx.alloc
-            .lock()
-            .allocate(&mut new, Some(&old), opts.dry_run)
-            .map_err(|c| ApiError::invalid(res.group, res.kind, name, &c))?;
-    }
+            .allocate(&mut new, Some(&old), opts.dry_run, &owner)
+            .await
+            .map_err(|e| alloc_err(res, name, e))?
+    } else {
+        Default::default()
+    };
     if strip_volatile(&new) == strip_volatile(&old) && !deleting {
         // No-op update: nothing written, resourceVersion unchanged (as upstream).
+        ctx.alloc.undo(reserved).await;
         return Ok(UpdateOutcome::Written(old));
     }
     if opts.dry_run {
@@ -1333,15 +1356,20 @@ async fn finish_update(
     if deleting {
         return match ctx.store.delete(&key, Some(cur.mod_revision)).await {
             Ok(kv) => {
+                ctx.alloc.undo(reserved).await;
                 if svc {
-                    ctx.alloc.lock().release(&held_by(&old));
+                    ctx.alloc.release(&held_by(&old), &owner).await;
                 }
                 Ok(UpdateOutcome::Written(with_rv(new, kv.mod_revision)))
             }
             Err(skiff_store::Error::Conflict { .. }) | Err(skiff_store::Error::NotFound(_)) => {
+                ctx.alloc.undo(reserved).await;
                 Ok(UpdateOutcome::Stale)
             }
-            Err(e) => Err(store_err(res, name, e)),
+            Err(e) => {
+                ctx.alloc.undo(reserved).await;
+                Err(store_err(res, name, e))
+            }
         };
     }
     match ctx
@@ -1352,18 +1380,14 @@ async fn finish_update(
         Ok(kv) => {
             if svc {
                 ctx.alloc
-                    .lock()
-                    .release_diff(&held_by(&old), &held_by(&new));
+                    .release_diff(&held_by(&old), &held_by(&new), &owner)
+                    .await;
             }
             Ok(UpdateOutcome::Written(with_rv(new, kv.mod_revision)))
         }
         Err(e) => {
-            if svc {
-                // Give back what this attempt newly took.
-                ctx.alloc
-                    .lock()
-                    .release_diff(&held_by(&new), &held_by(&old));
-            }
+            // Give back what this attempt newly took.
+            ctx.alloc.undo(reserved).await;
             match e {
                 skiff_store::Error::Conflict { .. } => Ok(UpdateOutcome::Stale),
                 skiff_store::Error::NotFound(_) => {
@@ -1912,7 +1936,8 @@ async fn delete_one(
         {
             Ok(kv) => {
                 if is_service(res) {
-                    ctx.alloc.lock().release(&held_by(&obj));
+                    let owner = format!("{}/{name}", ns.unwrap_or(""));
+                    ctx.alloc.release(&held_by(&obj), &owner).await;
                 }
                 return Ok(with_rv(obj, kv.mod_revision));
             }
@@ -1937,7 +1962,9 @@ async fn delete_namespace_contents(ctx: &Ctx, ns: &str) -> ApiResult<()> {
                         is_service(r),
                         serde_json::from_slice::<Value>(&deleted.value),
                     ) {
-                        ctx.alloc.lock().release(&held_by(&v));
+                        let owner =
+                            format!("{ns}/{}", v["metadata"]["name"].as_str().unwrap_or(""));
+                        ctx.alloc.release(&held_by(&v), &owner).await;
                     }
                 }
                 Err(skiff_store::Error::NotFound(_)) => {}
@@ -2071,7 +2098,15 @@ async fn watch(
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24));
             tokio::select! {
                 ev = w.recv() => {
-                    let Some(Ok(ev)) = ev else { return };
+                    let ev = match ev {
+                        Some(Ok(ev)) => ev,
+                        Some(Err(e @ skiff_store::Error::TooOld { .. })) => {
+                            // History compacted under a running watch (etcd): the client re-lists on 410.
+                            let _ = tx.send(event_line("ERROR", &ApiError::from(e).to_json())).await;
+                            return;
+                        }
+                        _ => return,
+                    };
                     last_rev = ev.revision();
                     if exact_key.as_ref().is_some_and(|k| *k != ev.kv.key) {
                         continue;
@@ -2163,6 +2198,18 @@ fn convert_event(
 
 // ---------- bootstrap ----------
 
+/// Another API server sharing the store may create the same bootstrap object at the same moment: losing that
+/// race is fine.
+async fn created_or_exists(ctx: &Ctx, key: &str, r: ApiResult<Value>) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => match ctx.store.get(key).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Bootstrap(e.message)),
+        },
+    }
+}
+
 /// Create the system namespaces and the `kubernetes` Service with its Endpoints and EndpointSlice
 /// (pointing at the advertise address); refresh the endpoints on every start.
 pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
@@ -2177,14 +2224,13 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if ctx.store.get(&nsr.key(None, ns)).await?.is_none() {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-            create_prepared(ctx, nsr, None, obj, &opts, None)
-                .await
-                .map_err(berr)?;
+            let r = create_prepared(ctx, nsr, None, obj, &opts, None).await;
+            created_or_exists(ctx, &nsr.key(None, ns), r).await?;
         }
     }
     let svcr =
         registry::find("", "v1", "services").ok_or_else(|| Error::Bootstrap("services".into()))?;
-    let first_ip = ctx.alloc.lock().first_ip().to_string();
+    let first_ip = ctx.alloc.first_ip().to_string();
     if ctx
         .store
         .get(&svcr.key(Some("default"), "kubernetes"))
@@ -2197,9 +2243,8 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
             "spec": {"type": "ClusterIP", "clusterIP": first_ip, "sessionAffinity": "None",
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": ctx.port}]},
         });
-        create_prepared(ctx, svcr, Some("default"), obj, &opts, None)
-            .await
-            .map_err(berr)?;
+        let r = create_prepared(ctx, svcr, Some("default"), obj, &opts, None).await;
+        created_or_exists(ctx, &svcr.key(Some("default"), "kubernetes"), r).await?;
     } else {
         // Keep the targetPort in step with the port actually served.
         let cur = get_kv(ctx, svcr, Some("default"), "kubernetes")
@@ -2244,9 +2289,8 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
             registry::find(group, "v1", plural).ok_or_else(|| Error::Bootstrap(plural.into()))?;
         match ctx.store.get(&r.key(Some("default"), "kubernetes")).await? {
             None => {
-                create_prepared(ctx, r, Some("default"), obj, &opts, None)
-                    .await
-                    .map_err(berr)?;
+                let c = create_prepared(ctx, r, Some("default"), obj, &opts, None).await;
+                created_or_exists(ctx, &r.key(Some("default"), "kubernetes"), c).await?;
             }
             Some(cur) => {
                 let mut new = from_kv(&cur).map_err(berr)?;
