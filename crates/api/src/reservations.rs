@@ -192,7 +192,7 @@ impl ServiceAllocator {
         let old_held = old.map(held_by).unwrap_or_default();
         self.refresh(&minus(&held_by(&orig), &old_held)).await?;
         let mut reloaded = false;
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             *svc = orig.clone();
             // The hint takes the new values at once (two random picks of one request never coincide) and
             // gives them back when the records say no.
@@ -234,6 +234,10 @@ impl ServiceAllocator {
                     // with the upstream message.
                     self.undo(res).await;
                     self.hint.lock().mark(&it.held());
+                    if attempt == 3 {
+                        // Repeated collisions: the hint is far behind other servers; reload it.
+                        self.reset_hint().await?;
+                    }
                 }
             }
         }

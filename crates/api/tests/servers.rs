@@ -123,7 +123,11 @@ async fn allocations_never_collide_across_servers() {
     }
     assert_eq!((ips.len(), ports.len()), (80, 80));
     // The same explicit IP asked of both servers at once: exactly one gets it.
-    let want = "10.100.0.120";
+    let want_ip = (2..126)
+        .map(|i| format!("10.100.0.{i}"))
+        .find(|ip| !ips.contains(ip))
+        .expect("a free IP");
+    let want = want_ip.as_str();
     let pp = PostParams::default();
     let (w0, w1) = (service("want-0", Some(want)), service("want-1", Some(want)));
     let (r0, r1) = tokio::join!(apis[0].create(&pp, &w0), apis[1].create(&pp, &w1));
