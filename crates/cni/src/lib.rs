@@ -4,6 +4,7 @@
 pub mod config;
 pub mod ipam;
 pub mod nl;
+pub mod bgp;
 pub mod overlay;
 pub mod plugin;
 pub mod runtime;
