@@ -30,11 +30,7 @@ fn local_endpoint_nodes(slices: &[EndpointSlice]) -> BTreeMap<(String, String), 
         };
         let entry = out.entry((ns, svc)).or_default();
         for ep in &s.endpoints {
-            let ready = ep
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             if let (true, Some(node)) = (ready, ep.node_name.as_ref()) {
                 entry.insert(node.clone());
             }
@@ -150,6 +146,9 @@ mod tests {
             ]
         );
         // node-3's endpoint is not ready: it would drop the traffic, so it does not announce.
-        assert_eq!(routes("node-3", &services, &slices), routes("node-1", &services, &slices));
+        assert_eq!(
+            routes("node-3", &services, &slices),
+            routes("node-1", &services, &slices)
+        );
     }
 }

@@ -28,7 +28,20 @@ pub const IPIP_MTU: u32 = 1480;
 pub const DEFAULT_AS: u32 = 64512;
 
 /// How pod traffic between two nodes travels: Calico's `ipipMode` / `vxlanMode` (Never, Always, CrossSubnet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Encapsulation {
     /// Plain routes via the other node's address (its pod CIDR is routed, not tunnelled).
     #[default]
@@ -118,7 +131,9 @@ impl Asn {
     pub fn new(n: u32) -> Result<Asn, ConfigError> {
         let reason = match n {
             0 => Some("AS 0 is reserved (RFC 7607)"),
-            23456 => Some("AS 23456 is AS_TRANS, only a placeholder for 4-byte AS numbers (RFC 6793)"),
+            23456 => {
+                Some("AS 23456 is AS_TRANS, only a placeholder for 4-byte AS numbers (RFC 6793)")
+            }
             65535 | 4294967295 => Some("the last AS number of each range is reserved (RFC 7300)"),
             _ => None,
         };
@@ -148,8 +163,12 @@ impl FromStr for Asn {
         };
         let n = match s.split_once('.') {
             Some((hi, lo)) => {
-                let hi: u16 = hi.parse().map_err(|_| bad("each half of high.low must be 0-65535"))?;
-                let lo: u16 = lo.parse().map_err(|_| bad("each half of high.low must be 0-65535"))?;
+                let hi: u16 = hi
+                    .parse()
+                    .map_err(|_| bad("each half of high.low must be 0-65535"))?;
+                let lo: u16 = lo
+                    .parse()
+                    .map_err(|_| bad("each half of high.low must be 0-65535"))?;
                 (u32::from(hi) << 16) | u32::from(lo)
             }
             None => s
@@ -200,7 +219,10 @@ impl FromStr for ExternalPeer {
             reason,
         };
         let (ip, asn) = match s.split_once('@') {
-            Some((ip, asn)) => (ip, Some(asn.parse::<Asn>().map_err(|e| bad(e.to_string()))?)),
+            Some((ip, asn)) => (
+                ip,
+                Some(asn.parse::<Asn>().map_err(|e| bad(e.to_string()))?),
+            ),
             None => (s, None),
         };
         let ip: Ipv4Addr = ip
@@ -231,7 +253,11 @@ impl Default for Timers {
 }
 
 impl Timers {
-    pub fn new(hold: u16, keepalive: Option<u16>, connect_retry: u16) -> Result<Timers, ConfigError> {
+    pub fn new(
+        hold: u16,
+        keepalive: Option<u16>,
+        connect_retry: u16,
+    ) -> Result<Timers, ConfigError> {
         if hold != 0 && hold < 3 {
             return Err(ConfigError::Timers(format!(
                 "hold time {hold}s: must be 0 or at least 3 seconds (RFC 4271)"
@@ -244,7 +270,9 @@ impl Timers {
             )));
         }
         if connect_retry == 0 {
-            return Err(ConfigError::Timers("connect retry time must be at least 1 second".into()));
+            return Err(ConfigError::Timers(
+                "connect retry time must be at least 1 second".into(),
+            ));
         }
         Ok(Timers {
             hold,
@@ -355,8 +383,9 @@ pub fn render(cfg: &NodeBird) -> String {
     let _ = writeln!(w, "protocol device {{\n\tscan time 10;\n}}\n");
     let _ = writeln!(
         w,
-        "# Connected routes: next hops of peers on other subnets resolve through them.\n\
-         protocol direct skiff_direct {{\n\tipv4;\n}}\n"
+        "# Connected subnets: next hops of peers on other subnets resolve through them. Single addresses\n\
+         # (pod gateways, a LoadBalancer address on the uplink) would shadow the routes announced here.\n\
+         protocol direct skiff_direct {{\n\tipv4 {{ import where net.len < 32; }};\n}}\n"
     );
     let _ = writeln!(
         w,
@@ -452,11 +481,7 @@ pub fn render(cfg: &NodeBird) -> String {
          \tconnect retry time {};\n\
          \terror wait time 1, 10;\n\
          }}\n",
-        cfg.node_ip,
-        cfg.local_as,
-        t.hold,
-        t.keepalive,
-        t.connect_retry
+        cfg.node_ip, cfg.local_as, t.hold, t.keepalive, t.connect_retry
     );
     for (ip, peer) in &mesh {
         let same_subnet = cfg.local_subnet.contains(ip);
@@ -647,9 +672,10 @@ protocol device {
 	scan time 10;
 }
 
-# Connected routes: next hops of peers on other subnets resolve through them.
+# Connected subnets: next hops of peers on other subnets resolve through them. Single addresses
+# (pod gateways, a LoadBalancer address on the uplink) would shadow the routes announced here.
 protocol direct skiff_direct {
-	ipv4;
+	ipv4 { import where net.len < 32; };
 }
 
 # This node's pod CIDR as one aggregated route (a Calico block). It stays in BIRD: the pods' own
@@ -751,7 +777,9 @@ protocol bgp peer_172_30_0_1 from skiff_peer {
              \troute 172.30.1.4/32 via 172.30.1.4%'tunl0' onlink;\n}\n"
         ));
         assert_eq!(
-            protocols(&always).matches("gateway recursive;\n\t\tigp table skiff_tunnel;").count(),
+            protocols(&always)
+                .matches("gateway recursive;\n\t\tigp table skiff_tunnel;")
+                .count(),
             2
         );
         let cross = render(&node(Encapsulation::IpipCrossSubnet));
@@ -793,7 +821,10 @@ protocol bgp peer_172_30_0_1 from skiff_peer {
         assert_eq!("1.10".parse::<Asn>().unwrap().get(), 65546);
         assert_eq!("4200000000".parse::<Asn>().unwrap().get(), 4_200_000_000);
         let err = |s: &str| s.parse::<Asn>().unwrap_err().to_string();
-        assert_eq!(err("0"), "invalid AS number \"0\": AS 0 is reserved (RFC 7607)");
+        assert_eq!(
+            err("0"),
+            "invalid AS number \"0\": AS 0 is reserved (RFC 7607)"
+        );
         assert_eq!(
             err("4294967296"),
             "invalid AS number \"4294967296\": must be a number from 1 to 4294967294"
@@ -802,7 +833,10 @@ protocol bgp peer_172_30_0_1 from skiff_peer {
             err("23456"),
             "invalid AS number \"23456\": AS 23456 is AS_TRANS, only a placeholder for 4-byte AS numbers (RFC 6793)"
         );
-        assert_eq!(err("-1"), "invalid AS number \"-1\": must be a number from 1 to 4294967294");
+        assert_eq!(
+            err("-1"),
+            "invalid AS number \"-1\": must be a number from 1 to 4294967294"
+        );
         let peer = |s: &str| s.parse::<ExternalPeer>().map_err(|e| e.to_string());
         assert_eq!(
             peer("192.0.2.1@64513"),
@@ -877,7 +911,10 @@ protocol bgp skiff_nodes {
     #[test]
     fn bird_parses_every_variant() {
         let bird = std::path::Path::new("/usr/sbin/bird");
-        assert!(bird.exists(), "the tests need Debian's bird2 (.ci/run installs it)");
+        assert!(
+            bird.exists(),
+            "the tests need Debian's bird2 (.ci/run installs it)"
+        );
         let dir = tempfile::tempdir().unwrap();
         let mut texts: Vec<(String, String)> = [
             Encapsulation::None,

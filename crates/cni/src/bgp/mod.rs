@@ -116,7 +116,9 @@ async fn subnet_of(handle: &Handle, ip: Ipv4Addr) -> Result<Option<Ipv4Net>, NlE
             matches!(a, AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)
         });
         if has {
-            return Ok(Ipv4Net::new(ip, m.header.prefix_len).ok().map(|n| n.trunc()));
+            return Ok(Ipv4Net::new(ip, m.header.prefix_len)
+                .ok()
+                .map(|n| n.trunc()));
         }
     }
     Ok(None)
@@ -252,9 +254,12 @@ pub async fn run_in(
     let (services, services_w) = reflector::store::<Service>();
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let trigger = Arc::new(skiff_runtime::sync::SyncTrigger::new());
-    let watch_nodes = reflector(nodes_w, watcher(Api::<Node>::all(client.clone()), Default::default()))
-        .default_backoff()
-        .for_each(on_event(trigger.clone(), "node"));
+    let watch_nodes = reflector(
+        nodes_w,
+        watcher(Api::<Node>::all(client.clone()), Default::default()),
+    )
+    .default_backoff()
+    .for_each(on_event(trigger.clone(), "node"));
     let watch_services = reflector(
         services_w,
         watcher(Api::<Service>::all(client.clone()), Default::default()),
@@ -263,7 +268,10 @@ pub async fn run_in(
     .for_each(on_event(trigger.clone(), "service"));
     let watch_slices = reflector(
         slices_w,
-        watcher(Api::<EndpointSlice>::all(client.clone()), Default::default()),
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            Default::default(),
+        ),
     )
     .default_backoff()
     .for_each(on_event(trigger.clone(), "endpointslice"));
@@ -321,7 +329,10 @@ fn on_event<T>(
 
 async fn sync_once(s: &Shared) -> Result<(), Error> {
     let nodes = s.nodes.state();
-    let Some(me) = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&s.node)) else {
+    let Some(me) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(&s.node))
+    else {
         tracing::debug!(node = %s.node, "waiting for the Node object");
         return Ok(());
     };
@@ -329,7 +340,10 @@ async fn sync_once(s: &Shared) -> Result<(), Error> {
     let local_subnet = subnet_of(&s.handle, s.node_ip)
         .await?
         .unwrap_or_else(|| Ipv4Net::from(s.node_ip));
-    let peers: Vec<overlay::Peer> = nodes.iter().filter_map(|n| overlay::peer_from_node(n)).collect();
+    let peers: Vec<overlay::Peer> = nodes
+        .iter()
+        .filter_map(|n| overlay::peer_from_node(n))
+        .collect();
     let mut state = s.state.lock().await;
 
     match s.options.encapsulation.tunnel() {
@@ -483,7 +497,11 @@ async fn vxlan_sync(
     }
     let encapsulated: Vec<overlay::Peer> = peers
         .iter()
-        .filter(|p| s.options.encapsulation.encapsulates(local_subnet, p.node_ip))
+        .filter(|p| {
+            s.options
+                .encapsulation
+                .encapsulates(local_subnet, p.node_ip)
+        })
         .cloned()
         .collect();
     let mut want = overlay::desired(&local, &encapsulated, overlay::Mode::Vxlan);
@@ -495,7 +513,11 @@ async fn vxlan_sync(
 
 /// Post the `NetworkUnavailable` condition (strategic merge: the kubelet's conditions stay) and, when BIRD
 /// failed, an event on the Node.
-async fn report(s: &Shared, me: &Node, (status, reason, message): &(String, String, String)) -> Result<(), kube::Error> {
+async fn report(
+    s: &Shared,
+    me: &Node,
+    (status, reason, message): &(String, String, String),
+) -> Result<(), kube::Error> {
     let now = Time(jiff_now());
     let patch = serde_json::json!({"status": {"conditions": [{
         "type": CONDITION, "status": status, "reason": reason, "message": message,
