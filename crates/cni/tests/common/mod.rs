@@ -2,6 +2,8 @@
 //! code inside them on dedicated threads, and a TCP probe that reports the source address a server saw.
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
