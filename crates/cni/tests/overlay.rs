@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use common::nodes::{two_nodes, Node};
 use common::{tcp_probe, Netns};
-use skiff_cni::overlay::{self, LocalNode, Mode, Peer};
+use skiff_cni::overlay::{self, Mode, Peer};
 
 /// Create the VXLAN device in `n` (VXLAN mode) and return the peer record other nodes would see.
 fn publish(n: &Node, mode: Mode) -> Peer {

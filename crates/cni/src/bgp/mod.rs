@@ -34,34 +34,43 @@ use crate::overlay;
 pub const CONDITION: &str = "NetworkUnavailable";
 
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "bgp")]
 pub struct BgpOptions {
     /// AS number of the nodes (`--backend bgp`): a number or high.low (RFC 5396).
-    #[arg(long = "bgp-as", default_value = "64512")]
+    #[arg(id = "bgp_as", long = "bgp-as", default_value = "64512")]
     pub asn: Asn,
     /// An external BGP peer, IP or IP@AS (repeatable): it learns the pod CIDRs, the service CIDR and the
     /// LoadBalancer / external IPs this node announces.
-    #[arg(long = "bgp-peer")]
+    #[arg(id = "bgp_peer", long = "bgp-peer")]
     pub peers: Vec<ExternalPeer>,
     /// Peer with every other node (Calico's node-to-node mesh).
-    #[arg(long = "bgp-node-mesh", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(id = "bgp_node_mesh", long = "bgp-node-mesh", default_value_t = true, action = clap::ArgAction::Set)]
     pub node_mesh: bool,
     /// How pod traffic between nodes travels (Calico's ipipMode / vxlanMode).
-    #[arg(long = "encapsulation", value_enum, default_value_t = Encapsulation::None)]
+    #[arg(id = "encapsulation", long = "encapsulation", value_enum, default_value_t = Encapsulation::None)]
     pub encapsulation: Encapsulation,
     /// BGP hold time in seconds (0, or at least 3): how long a silent peer keeps its routes.
-    #[arg(long = "bgp-hold-time", default_value_t = 9)]
+    #[arg(id = "bgp_hold_time", long = "bgp-hold-time", default_value_t = 9)]
     pub hold_time: u16,
     /// BGP keepalive interval in seconds [default: a third of the hold time].
-    #[arg(long = "bgp-keepalive-time")]
+    #[arg(id = "bgp_keepalive_time", long = "bgp-keepalive-time")]
     pub keepalive_time: Option<u16>,
     /// The service (ClusterIP) range announced to external peers.
-    #[arg(long = "bgp-service-cidr", default_value = skiff_runtime::defaults::SERVICE_CIDR)]
+    #[arg(id = "bgp_service_cidr", long = "bgp-service-cidr", default_value = skiff_runtime::defaults::SERVICE_CIDR)]
     pub service_cidr: Ipv4Net,
     /// The BIRD daemon (Debian package bird2).
-    #[arg(long = "bird-binary", default_value = "/usr/sbin/bird")]
+    #[arg(
+        id = "bird_binary",
+        long = "bird-binary",
+        default_value = "/usr/sbin/bird"
+    )]
     pub bird: PathBuf,
     /// BIRD's control client.
-    #[arg(long = "birdc-binary", default_value = "/usr/sbin/birdc")]
+    #[arg(
+        id = "birdc_binary",
+        long = "birdc-binary",
+        default_value = "/usr/sbin/birdc"
+    )]
     pub birdc: PathBuf,
 }
 
