@@ -2,6 +2,7 @@
 //! building a kube-rs client from a kubeconfig, and a bounded-frequency sync trigger.
 
 pub mod defaults;
+pub mod gate;
 pub mod sync;
 
 use std::path::Path;

@@ -36,6 +36,24 @@ enum Command {
     Demoapp(skiff_node::demoapp::Options),
     /// Run as a CNI plugin (CNI_COMMAND etc. in the environment, network configuration on stdin).
     Cni,
+    /// NetworkPolicy tools.
+    #[command(subcommand)]
+    Netpol(NetpolCommand),
+}
+
+#[derive(Subcommand)]
+enum NetpolCommand {
+    /// Explain whether a new connection FROM → TO on PORT[/PROTO] is allowed, and by which policies and rules
+    /// (ends as namespace/pod or an IPv4 address; the same model the data plane enforces).
+    Why {
+        from: String,
+        to: String,
+        /// Destination port, optionally with /TCP, /UDP or /SCTP (TCP by default).
+        port: String,
+        /// Kubeconfig of the cluster.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+    },
 }
 
 /// Every component names its argument struct `Options` and its fields plainly (`cluster_cidr`), and clap
@@ -114,6 +132,7 @@ component_args!(
     "overlay."
 );
 component_args!(DnsOptions, skiff_dns::Options, "dns.");
+component_args!(NetpolOptions, skiff_netpol::agent::Options, "netpol.");
 
 #[derive(Args)]
 struct ServerArgs {
@@ -146,6 +165,8 @@ struct AgentArgs {
     overlay: OverlayOptions,
     #[command(flatten)]
     proxy: ProxyOptions,
+    #[command(flatten)]
+    netpol: NetpolOptions,
 }
 
 #[derive(Args)]
@@ -224,8 +245,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             // One process per node; if any part fails the node is broken: fail fast and let the
             // supervisor (skiff up, systemd) see it.
-            let mut kubelet =
-                tokio::spawn(skiff_node::run(client.clone(), node.clone(), args.node.0));
+            let netpol = skiff_netpol::agent::Enforcement::new(&node);
+            let mut kubelet = tokio::spawn(skiff_node::run_gated(
+                client.clone(),
+                node.clone(),
+                args.node.0,
+                Some(netpol.gate()),
+            ));
+            let mut netpol = tokio::spawn(netpol.run(
+                client.clone(),
+                args.netpol.0,
+                skiff_netpol::apply::Runner::new(),
+            ));
             let mut overlay = tokio::spawn(skiff_cni::overlay::run(
                 client.clone(),
                 node.clone(),
@@ -236,11 +267,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 r = &mut kubelet => r.context("node agent task")?.context("node agent").err(),
                 r = &mut overlay => r.context("overlay task")?.context("overlay").err(),
                 r = &mut proxy => r.context("proxy task")?.context("proxy").err(),
+                r = &mut netpol => r.context("network policy task")?.context("network policy").err(),
             };
             kubelet.abort();
             overlay.abort();
             proxy.abort();
+            netpol.abort();
             return Err(failure.unwrap_or_else(|| anyhow::anyhow!("an agent component stopped")));
+        }
+        Command::Netpol(NetpolCommand::Why {
+            from,
+            to,
+            port,
+            kubeconfig,
+        }) => {
+            let client = skiff_runtime::client_from_kubeconfig(&kubeconfig).await?;
+            print!(
+                "{}",
+                skiff_netpol::query::why(client, &from, &to, &port).await?
+            );
         }
         Command::Dns(args) => {
             let client = client(&args.kubeconfig).await?;
