@@ -35,7 +35,7 @@ fn rss_mb() -> f64 {
 }
 
 fn pod(ns: usize, i: usize, local_every: usize) -> Pod {
-    let node = if i % local_every == 0 {
+    let node = if i.is_multiple_of(local_every) {
         "node-1"
     } else {
         "node-2"
@@ -48,7 +48,7 @@ fn pod(ns: usize, i: usize, local_every: usize) -> Pod {
     );
     serde_json::from_value(json!({
         "metadata": {"namespace": format!("ns-{ns}"), "name": format!("pod-{i}"),
-                     "labels": {"app": format!("app-{}", i % 10), "tier": if i % 2 == 0 { "web" } else { "db" }}},
+                     "labels": {"app": format!("app-{}", i % 10), "tier": if i.is_multiple_of(2) { "web" } else { "db" }}},
         "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
         "status": {"phase": "Running", "podIP": ip},
     }))

@@ -335,6 +335,17 @@ impl Enforcement {
             "network policy caches synced; programming nftables table {}",
             nft::TABLE
         );
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        if !options.metrics_addr.is_empty() {
+            match tokio::net::TcpListener::bind(&options.metrics_addr).await {
+                Ok(l) => {
+                    tokio::spawn(crate::metrics::serve(l, runner.clone(), metrics.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %options.metrics_addr, error = %e, "network policy metrics not served")
+                }
+            }
+        }
         let enforcer = Arc::new(tokio::sync::Mutex::new(Enforcer::new(
             RenderConfig::default(),
             runner,

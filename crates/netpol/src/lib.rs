@@ -7,8 +7,8 @@
 
 pub mod agent;
 pub mod apply;
-pub mod metrics;
 pub mod cidr;
+pub mod metrics;
 pub mod model;
 pub mod nft;
 pub mod query;

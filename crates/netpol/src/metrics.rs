@@ -44,13 +44,33 @@ pub fn render(m: &Metrics, counters: &std::collections::BTreeMap<String, (u64, u
         }
     }
     let _ = writeln!(out, "# HELP skiff_netpol_syncs_total Transactions applied to the skiff-netpol table.\n# TYPE skiff_netpol_syncs_total counter");
-    let _ = writeln!(out, "skiff_netpol_syncs_total{{kind=\"full\"}} {}", m.full_syncs.load(Ordering::Relaxed));
-    let _ = writeln!(out, "skiff_netpol_syncs_total{{kind=\"diff\"}} {}", m.diff_syncs.load(Ordering::Relaxed));
-    let _ = writeln!(out, "skiff_netpol_syncs_total{{kind=\"failed\"}} {}", m.failed_syncs.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "skiff_netpol_syncs_total{{kind=\"full\"}} {}",
+        m.full_syncs.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "skiff_netpol_syncs_total{{kind=\"diff\"}} {}",
+        m.diff_syncs.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "skiff_netpol_syncs_total{{kind=\"failed\"}} {}",
+        m.failed_syncs.load(Ordering::Relaxed)
+    );
     let _ = writeln!(out, "# HELP skiff_netpol_last_sync_duration_seconds Model, render and transaction of the last applied sync.\n# TYPE skiff_netpol_last_sync_duration_seconds gauge");
-    let _ = writeln!(out, "skiff_netpol_last_sync_duration_seconds {}", m.last_sync_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    let _ = writeln!(
+        out,
+        "skiff_netpol_last_sync_duration_seconds {}",
+        m.last_sync_micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
     let _ = writeln!(out, "# HELP skiff_netpol_programmed_policies NetworkPolicies selecting a pod of this node.\n# TYPE skiff_netpol_programmed_policies gauge");
-    let _ = writeln!(out, "skiff_netpol_programmed_policies {}", m.programmed_policies.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "skiff_netpol_programmed_policies {}",
+        m.programmed_policies.load(Ordering::Relaxed)
+    );
     out
 }
 
@@ -90,7 +110,9 @@ mod tests {
     fn counters_become_labelled_series() {
         let m = Metrics::default();
         m.diff_syncs.store(3, Ordering::Relaxed);
-        let counters = [("denied-ingress-x/deny-all".to_string(), (4, 240))].into_iter().collect();
+        let counters = [("denied-ingress-x/deny-all".to_string(), (4, 240))]
+            .into_iter()
+            .collect();
         let text = render(&m, &counters);
         assert!(text.contains("skiff_netpol_denied_packets_total{direction=\"ingress\",namespace=\"x\",policy=\"deny-all\"} 4"), "{text}");
         assert!(text.contains("skiff_netpol_denied_bytes_total{direction=\"ingress\",namespace=\"x\",policy=\"deny-all\"} 240"));

@@ -204,16 +204,16 @@ impl Topology {
             t.servers.push(child);
         }
         // Wait until every server answers (no policy yet).
-        for i in 0..PODS.len() {
+        for (name, ip, _) in PODS {
             for proto in [Protocol::Tcp, Protocol::Udp] {
                 let ok = (0..100).any(|_| {
-                    let ok = t.probe(&t.node, PODS[i].1, proto, 80);
+                    let ok = t.probe(&t.node, ip, proto, 80);
                     if !ok {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     ok
                 });
-                assert!(ok, "server in pod {} not answering {proto}", PODS[i].0);
+                assert!(ok, "server in pod {name} not answering {proto}");
             }
         }
         t

@@ -163,7 +163,7 @@ fn world(rng: &mut StdRng) -> (Vec<Pod>, Vec<Namespace>) {
                     .filter(|_| rng.random_bool(0.6))
                     .collect();
             pod(
-                *pick(rng, &NS),
+                pick::<&str>(rng, &NS),
                 &format!("pod{i}"),
                 &format!("10.0.{}.{}", i % 2, i + 1),
                 labels(rng),
@@ -291,6 +291,8 @@ impl Ref<'_> {
             }),
         }
     }
+    /// Whether `end`'s isolation in this direction admits the connection (peer = the other end).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn direction_ok(
         &self,
         policies: &[NetworkPolicy],

@@ -52,10 +52,9 @@ fn expectations_deny_something() {
         .iter()
         .filter(|c| {
             c.steps.iter().flat_map(|s| &s.checks).any(|ch| {
-                ch.expect
+                !ch.expect
                     .mismatches(&testing::Reachability::new(true))
-                    .len()
-                    > 0
+                    .is_empty()
             })
         })
         .count();
