@@ -29,13 +29,13 @@ use crate::nft::{self, RenderConfig, Ruleset};
 pub struct Options {
     /// Re-apply the whole table at least this often even without changes.
     #[arg(long = "netpol-sync-period", value_parser = parse_secs, default_value = "30")]
-    pub sync_period: Duration,
+    pub netpol_sync_period: Duration,
     /// Minimum time between two syncs (changes arriving meanwhile are batched).
     #[arg(long = "netpol-min-sync-interval-ms", value_parser = parse_millis, default_value = "0")]
-    pub min_sync_interval: Duration,
+    pub netpol_min_sync_interval: Duration,
     /// Where Prometheus metrics (per-policy denials, syncs) are served; empty to serve none.
     #[arg(long = "netpol-metrics-addr", default_value = "0.0.0.0:10266")]
-    pub metrics_addr: String,
+    pub netpol_metrics_addr: String,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -336,13 +336,13 @@ impl Enforcement {
             nft::TABLE
         );
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        if !options.metrics_addr.is_empty() {
-            match tokio::net::TcpListener::bind(&options.metrics_addr).await {
+        if !options.netpol_metrics_addr.is_empty() {
+            match tokio::net::TcpListener::bind(&options.netpol_metrics_addr).await {
                 Ok(l) => {
                     tokio::spawn(crate::metrics::serve(l, runner.clone(), metrics.clone()));
                 }
                 Err(e) => {
-                    tracing::warn!(addr = %options.metrics_addr, error = %e, "network policy metrics not served")
+                    tracing::warn!(addr = %options.netpol_metrics_addr, error = %e, "network policy metrics not served")
                 }
             }
         }
@@ -352,7 +352,7 @@ impl Enforcement {
         )));
         let (state, synced) = (self.state.clone(), self.synced.clone());
         self.trigger.request();
-        let sync_loop = self.trigger.run(options.min_sync_interval, options.sync_period, move || {
+        let sync_loop = self.trigger.run(options.netpol_min_sync_interval, options.netpol_sync_period, move || {
             let (state, synced, enforcer, metrics) = (state.clone(), synced.clone(), enforcer.clone(), metrics.clone());
             async move {
                 let started = Instant::now();
