@@ -214,7 +214,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             kubeconfig,
         }) => {
             let client = skiff_runtime::client_from_kubeconfig(&kubeconfig).await?;
-            print!("{}", skiff_netpol::query::why(client, &from, &to, &port).await?);
+            print!(
+                "{}",
+                skiff_netpol::query::why(client, &from, &to, &port).await?
+            );
         }
         Command::Dns(args) => {
             let client = client(&args.kubeconfig).await?;
