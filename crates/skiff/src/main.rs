@@ -32,7 +32,7 @@ enum Command {
     /// The control plane: API server and controllers in one process.
     Server(ServerArgs),
     /// The node agent (kubelet) of one node.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Cluster DNS (the `skiff/dns` image).
     Dns(DnsArgs),
     /// The demo HTTP server (the `ikubernetes/demoapp` image).
@@ -86,8 +86,14 @@ struct AgentArgs {
     node_ip: IpAddr,
     #[command(flatten)]
     node: skiff_node::Options,
+    /// How pods reach other nodes: vxlan / host-gw routes programmed by the agent, or bgp (BIRD learns and
+    /// installs them) [default: --overlay-mode].
+    #[arg(long, value_enum)]
+    backend: Option<skiff_cni::Backend>,
     #[command(flatten)]
     overlay: skiff_cni::overlay::OverlayOptions,
+    #[command(flatten)]
+    bgp: skiff_cni::bgp::BgpOptions,
     #[command(flatten)]
     proxy: skiff_proxy::Options,
     #[command(flatten)]
@@ -177,6 +183,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             // One process per node; if any part fails the node is broken: fail fast and let the
             // supervisor (skiff up, systemd) see it.
+            let agent_data_dir = args.node.data_dir.clone();
             let netpol = skiff_netpol::agent::Enforcement::new(&node);
             let mut kubelet = tokio::spawn(skiff_node::run_gated(
                 client.clone(),
@@ -189,11 +196,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 args.netpol,
                 skiff_netpol::apply::Runner::new(),
             ));
-            let mut overlay = tokio::spawn(skiff_cni::overlay::run(
-                client.clone(),
-                node.clone(),
-                args.overlay,
-            ));
+            let mut overlay_options = args.overlay;
+            let mut overlay = match args.backend {
+                Some(skiff_cni::Backend::Bgp) => {
+                    let (c, n, o) = (client.clone(), node.clone(), args.bgp);
+                    let cidr = overlay_options.cluster_cidr;
+                    tokio::spawn(async move {
+                        skiff_cni::bgp::run(c, n, o, cidr, agent_data_dir)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    })
+                }
+                backend => {
+                    match backend {
+                        Some(skiff_cni::Backend::Vxlan) => {
+                            overlay_options.mode = skiff_cni::overlay::Mode::Vxlan
+                        }
+                        Some(skiff_cni::Backend::HostGw) => {
+                            overlay_options.mode = skiff_cni::overlay::Mode::HostGw
+                        }
+                        _ => {}
+                    }
+                    let (c, n) = (client.clone(), node.clone());
+                    tokio::spawn(async move {
+                        skiff_cni::overlay::run(c, n, overlay_options)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    })
+                }
+            };
             let mut proxy = tokio::spawn(skiff_proxy::run(client, node, args.proxy));
             let failure = tokio::select! {
                 r = &mut kubelet => r.context("node agent task")?.context("node agent").err(),

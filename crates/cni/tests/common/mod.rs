@@ -1,6 +1,8 @@
 //! Kernel test helpers: the test kit's namespaces, and a TCP probe that reports the source address a server saw.
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;

@@ -113,6 +113,8 @@ impl TestCluster {
         // Tests send no traffic off this machine: cluster DNS must not forward to the host's resolvers.
         .args(["--dns-upstream", "none"])
         .args(extra)
+        // SKIFF_E2E_BACKEND=bgp (or host-gw, vxlan) runs every suite on that backend unless a test picks one.
+        .args(backend_from_env(extra))
         // --update-kubeconfig must never touch the real ~/.kube/config.
         .env("KUBECONFIG", self.user_kubeconfig());
         cmd.output().expect("running skiff up")
@@ -221,6 +223,16 @@ impl TestCluster {
     }
 }
 
+/// `--backend <SKIFF_E2E_BACKEND>` unless the test's own arguments choose a backend.
+fn backend_from_env(extra: &[&str]) -> Vec<String> {
+    match std::env::var("SKIFF_E2E_BACKEND") {
+        Ok(b) if !b.is_empty() && !extra.iter().any(|a| *a == "--overlay" || *a == "--backend") => {
+            vec!["--backend".into(), b]
+        }
+        _ => Vec::new(),
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         let out = self.down();
@@ -310,4 +322,71 @@ pub fn fixed_addresses_lock() -> std::fs::File {
     let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
     assert_eq!(rc, 0, "locking the e2e lock file");
     file
+}
+
+/// `kubectl create -f` of an inline manifest (written next to the cluster's data dir).
+pub fn create(c: &TestCluster, name: &str, yaml: &str) {
+    let path = c.data_dir.with_file_name(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).expect("writing manifest");
+    let out = c.kubectl(&["create", "-f", &path.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "kubectl create {name}: {}",
+        text(&out)
+    );
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn jsonpath(c: &TestCluster, kind: &str, ns: &str, name: &str, path: &str) -> String {
+    stdout(&c.kubectl(&[
+        "get",
+        kind,
+        "-n",
+        ns,
+        name,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]))
+}
+
+/// Waits until pod `ns/name` is Ready and returns its IP.
+pub fn wait_ready(c: &TestCluster, ns: &str, name: &str) -> String {
+    let ok = wait_until(Duration::from_secs(30), || {
+        jsonpath(
+            c,
+            "pod",
+            ns,
+            name,
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+        ) == "True"
+    });
+    let pod = c.kubectl(&["get", "pod", "-n", ns, name, "-o", "yaml"]);
+    assert!(ok, "pod {ns}/{name} not Ready: {}", text(&pod));
+    jsonpath(c, "pod", ns, name, "{.status.podIP}")
+}
+
+/// A demoapp pod pinned to `node`, labelled `app`.
+pub fn demoapp_pod(ns: &str, name: &str, node: &str, app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    app: {app}
+spec:
+  nodeName: {node}
+  containers:
+  - name: demoapp
+    image: ikubernetes/demoapp:v1.0
+    ports:
+    - name: http
+      containerPort: 80
+---
+"#
+    )
 }
