@@ -78,6 +78,9 @@ pub fn explain(
     );
     describe(model, Direction::Egress, &from, &v.egress, &mut out);
     describe(model, Direction::Ingress, &to, &v.ingress, &mut out);
+    if src == dst {
+        out.push_str("  note: a pod reaching its own address never leaves its network namespace, so nothing polices it; through a Service (hairpin) the verdict above applies\n");
+    }
     out
 }
 
