@@ -446,7 +446,7 @@ impl TestCluster {
         }
         let log =
             std::fs::File::create(self.data_dir.join(format!("logs/node-{i}.log"))).expect("log");
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, SKIFF])
             .args(&args)
             .stdin(std::process::Stdio::null())
@@ -460,5 +460,7 @@ impl TestCluster {
             child.id().to_string(),
         )
         .expect("pid file");
+        // `skiff down` ends it; this thread reaps it then.
+        std::thread::spawn(move || child.wait());
     }
 }
