@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::nodes::{two_nodes, Node};
-use common::tcp_probe;
+use common::{iperf, tcp_probe};
 use k8s_openapi::api::core::v1::{Event, Node as KubeNode};
 use skiff_cni::bgp::{self, BgpOptions, Encapsulation};
 
@@ -93,6 +93,26 @@ impl Harness {
             .await
         }));
         self.dirs.push(dir);
+    }
+
+    fn run_overlay(&mut self, n: &Node, mode: skiff_cni::overlay::Mode) {
+        let identity = skiff_runtime::NodeIdentity {
+            name: n.local.name.clone(),
+            ip: n.local.node_ip.into(),
+        };
+        let options = skiff_cni::overlay::OverlayOptions {
+            mode,
+            cluster_cidr: "10.200.0.0/16".parse().unwrap(),
+        };
+        let (client, path) = (self.client.clone(), n.ns.path());
+        self.tasks.push(self.rt.spawn(async move {
+            skiff_cni::overlay::run_in(client, identity, options, Some(path))
+                .await
+                .map_err(|e| bgp::Error::Node {
+                    name: "overlay".into(),
+                    msg: e.to_string(),
+                })
+        }));
     }
 
     fn condition(&self, node: &str) -> Option<(String, String, String)> {
@@ -188,4 +208,64 @@ fn bird_failing_to_start_is_a_node_condition_and_an_event() {
     );
     // Nothing is routed while BIRD is down: no silent half-state in the kernel.
     assert!(!a.ns.ip(&["-4", "route"]).contains("proto bird"));
+}
+
+/// Benchmark (run by bench/bgp.sh): pod-to-pod TCP throughput across two nodes, in one run: BGP (BIRD's
+/// plain routes) vs host-gw vs VXLAN vs BGP with VXLAN encapsulation; IP-in-IP where the kernel has it.
+#[test]
+#[ignore]
+fn bench_pod_to_pod_throughput_bgp_vs_host_gw_vs_vxlan_vs_ipip() {
+    use skiff_cni::overlay::Mode;
+    let seconds: u32 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let variants = ["bgp", "host-gw", "vxlan", "bgp+vxlan", "bgp+ipip"];
+    let mut results = Vec::new();
+    for variant in variants {
+        let (a, b) = two_nodes();
+        if variant == "bgp+ipip" && !a.ns.exec_ok(&["ip", "link", "show", "tunl0"]) {
+            println!("BENCH variant={variant} unavailable: this kernel has no IP-in-IP (CONFIG_NET_IPIP)");
+            continue;
+        }
+        let mut h = Harness::new(&[&a, &b]);
+        for n in [&a, &b] {
+            match variant {
+                "host-gw" => h.run_overlay(n, Mode::HostGw),
+                "vxlan" => h.run_overlay(n, Mode::Vxlan),
+                _ => {
+                    let mut o = options("/usr/sbin/bird");
+                    o.encapsulation = match variant {
+                        "bgp+vxlan" => Encapsulation::Vxlan,
+                        "bgp+ipip" => Encapsulation::Ipip,
+                        _ => Encapsulation::None,
+                    };
+                    h.run(n, o);
+                }
+            }
+        }
+        eventually(&format!("{variant}: route to node-b's pods"), || {
+            !a.ns
+                .ip(&["-4", "route", "show", "10.200.2.0/24"])
+                .trim()
+                .is_empty()
+        });
+        let route = a.ns.ip(&["-4", "route", "show", "10.200.2.0/24"]);
+        let (peer, _) = tcp_probe(&b.pod, b.pod_ip, &a.pod);
+        assert_eq!(peer.ip(), a.pod_ip);
+        let gbps = iperf(&b.pod, b.pod_ip, &a.pod, seconds);
+        println!(
+            "BENCH variant={variant} pod-to-pod={gbps:.2} Gbit/s route: {}",
+            route.trim()
+        );
+        results.push((variant, gbps));
+    }
+    let base = results
+        .iter()
+        .find(|r| r.0 == "host-gw")
+        .map(|r| r.1)
+        .unwrap_or(1.0);
+    for (v, g) in &results {
+        println!("BENCH ratio {v}/host-gw={:.2}", g / base);
+    }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::nodes::{two_nodes, Node};
-use common::{tcp_probe, Netns};
+use common::{iperf, tcp_probe, Netns};
 use skiff_cni::overlay::{self, Mode, Peer};
 
 /// Create the VXLAN device in `n` (VXLAN mode) and return the peer record other nodes would see.
@@ -314,44 +314,6 @@ fn run_follows_node_objects_joining_and_leaving() {
     rt.block_on(overlay::teardown(Some(&path))).unwrap();
     assert!(!a.ns.ip(&["link"]).contains("skiff.vxlan"));
     assert!(!a.ns.exec_ok(&["nft", "list", "table", "ip", "skiff-cni"]));
-}
-
-/// iperf3 from `client` to a one-shot server on `server_ip` inside `server`; received Gbit/s.
-fn iperf(server: &Netns, server_ip: Ipv4Addr, client: &Netns, seconds: u32) -> f64 {
-    let ip = server_ip.to_string();
-    let mut srv = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            &ip,
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = common::sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &client.name,
-        "iperf3",
-        "-c",
-        &ip,
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
-    let _ = srv.wait();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
-        / 1e9
 }
 
 /// Benchmark (run by bench/pod-network.sh): pod-to-pod TCP throughput across two nodes over VXLAN versus

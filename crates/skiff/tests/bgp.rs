@@ -315,3 +315,109 @@ fn bgp_with_ipip_routes_through_tunl0_or_says_the_kernel_lacks_it() {
         );
     }
 }
+
+/// A node that joins a running cluster: every other node and the host learn its pod CIDR from BIRD, and
+/// `skiff down` removes it with the rest.
+#[test]
+fn a_joining_node_is_routed_everywhere_over_bgp() {
+    let c = TestCluster::new(2);
+    let out = c.up(&["--backend", "bgp", "--dns-replicas", "0"]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    let (table, _) = host_table(&c);
+    c.add_node(3);
+    let mut cidr = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            cidr = pod_cidr(&c, "node-3");
+            !cidr.is_empty()
+        }),
+        "node-3 got no podCIDR"
+    );
+    let via = format!("via {} ", c.node_ip(3));
+    let mut seen = Vec::new();
+    let routed = wait_until(Duration::from_secs(30), || {
+        seen = (1..=2)
+            .map(|i| stdout(&c.in_node(i, &["ip", "-4", "route", "show", &cidr])))
+            .chain([host_route(&table, &cidr)])
+            .collect();
+        seen.iter()
+            .all(|r| r.contains(&via) && r.contains("proto bird"))
+    });
+    assert!(routed, "routes to {cidr}: {seen:?}");
+    // And node-3 learned the others'.
+    let routes = stdout(&c.in_node(3, &["ip", "-4", "route", "show", "proto", "bird"]));
+    for i in [1, 2] {
+        let want = format!(
+            "{} via {} ",
+            pod_cidr(&c, &format!("node-{i}")),
+            c.node_ip(i)
+        );
+        assert!(routes.contains(&want), "{want} not in {routes}");
+    }
+    drop(c.down());
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
+
+/// Benchmark (run by bench/bgp.sh): node join → its pod CIDR routable from every other node and the host.
+/// Each round adds one node to a running `skiff up --backend bgp` cluster and measures, from starting its
+/// agent, when its podCIDR is assigned and when every node and the host hold BIRD's route to it.
+#[test]
+#[ignore]
+fn bench_node_join_to_pod_cidr_routable_everywhere() {
+    let rounds: u32 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let c = TestCluster::new(3);
+    let out = c.up(&["--backend", "bgp", "--dns-replicas", "0"]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    let (table, _) = host_table(&c);
+    let mut totals = Vec::new();
+    for i in 4..4 + rounds {
+        let start = std::time::Instant::now();
+        c.add_node(i);
+        let mut cidr = String::new();
+        while cidr.is_empty() {
+            cidr = pod_cidr(&c, &format!("node-{i}"));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node-{i}: no podCIDR"
+            );
+        }
+        let assigned = start.elapsed();
+        let via = format!("via {} ", c.node_ip(i));
+        let routed = |ns: &str| {
+            let out = std::process::Command::new("ip")
+                .args(["-n", ns, "-4", "route", "show", &cidr])
+                .output()
+                .expect("ip");
+            String::from_utf8_lossy(&out.stdout).contains(&via)
+        };
+        loop {
+            let everywhere = (1..i).all(|k| routed(&c.node_netns(k)))
+                && host_route(&table, &cidr).contains(&via);
+            if everywhere {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node-{i}: not routed everywhere"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let total = start.elapsed();
+        println!(
+            "BENCH join node-{i}: podCIDR assigned {:.0} ms, routable from {} nodes and the host {:.0} ms",
+            assigned.as_secs_f64() * 1e3,
+            i - 1,
+            total.as_secs_f64() * 1e3
+        );
+        totals.push(total.as_secs_f64());
+    }
+    totals.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "BENCH join rounds={rounds} median={:.0} ms max={:.0} ms (goal ≤ 2000 ms)",
+        totals[totals.len() / 2] * 1e3,
+        totals[totals.len() - 1] * 1e3
+    );
+}
