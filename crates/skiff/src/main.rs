@@ -39,6 +39,24 @@ enum Command {
     Demoapp(skiff_node::demoapp::Options),
     /// Run as a CNI plugin (CNI_COMMAND etc. in the environment, network configuration on stdin).
     Cni,
+    /// NetworkPolicy tools.
+    #[command(subcommand)]
+    Netpol(NetpolCommand),
+}
+
+#[derive(Subcommand)]
+enum NetpolCommand {
+    /// Explain whether a new connection FROM → TO on PORT[/PROTO] is allowed, and by which policies and rules
+    /// (ends as namespace/pod or an IPv4 address; the same model the data plane enforces).
+    Why {
+        from: String,
+        to: String,
+        /// Destination port, optionally with /TCP, /UDP or /SCTP (TCP by default).
+        port: String,
+        /// Kubeconfig of the cluster.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -78,6 +96,8 @@ struct AgentArgs {
     bgp: skiff_cni::bgp::BgpOptions,
     #[command(flatten)]
     proxy: skiff_proxy::Options,
+    #[command(flatten)]
+    netpol: skiff_netpol::agent::Options,
 }
 
 #[derive(Args)]
@@ -164,8 +184,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // One process per node; if any part fails the node is broken: fail fast and let the
             // supervisor (skiff up, systemd) see it.
             let agent_data_dir = args.node.data_dir.clone();
-            let mut kubelet =
-                tokio::spawn(skiff_node::run(client.clone(), node.clone(), args.node));
+            let netpol = skiff_netpol::agent::Enforcement::new(&node);
+            let mut kubelet = tokio::spawn(skiff_node::run_gated(
+                client.clone(),
+                node.clone(),
+                args.node,
+                Some(netpol.gate()),
+            ));
+            let mut netpol = tokio::spawn(netpol.run(
+                client.clone(),
+                args.netpol,
+                skiff_netpol::apply::Runner::new(),
+            ));
             let mut overlay_options = args.overlay;
             let mut overlay = match args.backend {
                 Some(skiff_cni::Backend::Bgp) => {
@@ -200,11 +230,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 r = &mut kubelet => r.context("node agent task")?.context("node agent").err(),
                 r = &mut overlay => r.context("overlay task")?.context("overlay").err(),
                 r = &mut proxy => r.context("proxy task")?.context("proxy").err(),
+                r = &mut netpol => r.context("network policy task")?.context("network policy").err(),
             };
             kubelet.abort();
             overlay.abort();
             proxy.abort();
+            netpol.abort();
             return Err(failure.unwrap_or_else(|| anyhow::anyhow!("an agent component stopped")));
+        }
+        Command::Netpol(NetpolCommand::Why {
+            from,
+            to,
+            port,
+            kubeconfig,
+        }) => {
+            let client = skiff_runtime::client_from_kubeconfig(&kubeconfig).await?;
+            print!(
+                "{}",
+                skiff_netpol::query::why(client, &from, &to, &port).await?
+            );
         }
         Command::Dns(args) => {
             let client = client(&args.kubeconfig).await?;
