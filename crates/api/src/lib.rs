@@ -8,6 +8,7 @@
 mod alloc;
 mod discovery;
 mod handlers;
+mod openapi;
 mod pki;
 mod registry;
 mod status;

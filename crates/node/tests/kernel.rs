@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "kernel/podspec.rs"]
+mod podspec;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("demoapp") {
@@ -32,6 +35,7 @@ fn main() {
             .expect("runtime");
         let _ = rt.block_on(skiff_node::demoapp::run(
             (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+            Duration::from_secs(2),
         ));
         return;
     }
@@ -357,6 +361,8 @@ async fn scenario() {
         "the agent must keep the user's conflist"
     );
     println!("node registered");
+
+    podspec::scenario(&client, &data_dir, &mut guard.0).await;
 
     // A service that exists before the pod: its variables reach the pod's environment.
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
