@@ -60,9 +60,7 @@ pub fn pod_resolv_conf(
         "None" => ResolvConf::default(),
         "Default" => host.clone(),
         "ClusterFirst" if host_network => {
-            if spec.dns_config.is_none() {
-                return None;
-            }
+            spec.dns_config.as_ref()?;
             host.clone()
         }
         // ClusterFirst, ClusterFirstWithHostNet

@@ -801,7 +801,8 @@ impl Worker {
     }
 
     fn status(&self) -> PodStatus {
-        let (init, statuses): (Vec<(bool, ContainerStatus)>, Vec<(bool, ContainerStatus)>) = self
+        type Tagged = Vec<(bool, ContainerStatus)>;
+        let (init, statuses): (Tagged, Tagged) = self
             .containers
             .iter()
             .map(|c| {
@@ -1209,11 +1210,11 @@ impl Worker {
     /// The first init container that has not completed successfully.
     fn next_init(&self) -> Option<usize> {
         (0..self.init_count()).find(|&i| {
-            !self.containers[i]
+            self.containers[i]
                 .state
                 .terminated
                 .as_ref()
-                .is_some_and(|t| t.exit_code == 0)
+                .is_none_or(|t| t.exit_code != 0)
         })
     }
 
@@ -1322,7 +1323,7 @@ const SOURCES_REFRESH: Duration = Duration::from_secs(5);
 
 fn humantime(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.is_multiple_of(60) {
         format!("{}m0s", s / 60)
     } else if s >= 60 {
         format!("{}m{}s", s / 60, s % 60)

@@ -73,11 +73,9 @@ fn network_attempt(
         };
     }
     if let Some(http) = &probe.http_get {
-        let port = match http.port.clone() {
-            p => match resolve_port(&p, container) {
-                Ok(p) => p,
-                Err(e) => return Outcome::Failure(e),
-            },
+        let port = match resolve_port(&http.port, container) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failure(e),
         };
         let host = http.host.clone().unwrap_or_else(|| pod_ip.to_string());
         let path = http.path.clone().unwrap_or_else(|| "/".into());

@@ -78,10 +78,10 @@ pub fn init_progress(init: &[ContainerStatus]) -> (usize, usize) {
 pub fn incomplete_init(init: &[ContainerStatus]) -> Vec<&str> {
     init.iter()
         .filter(|c| {
-            !c.state
+            c.state
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
-                .is_some_and(|t| t.exit_code == 0)
+                .is_none_or(|t| t.exit_code != 0)
         })
         .map(|c| c.name.as_str())
         .collect()

@@ -89,16 +89,28 @@ fn format_map(m: &BTreeMap<String, String>) -> String {
         .join("\n")
 }
 
-fn key_files(
+/// A configMap or secret source of a volume (or of a projection).
+struct KeySource<'a> {
     kind: Kind,
-    namespace: &str,
-    name: &str,
-    items: Option<&[KeyToPath]>,
+    name: &'a str,
+    items: Option<&'a [KeyToPath]>,
     default_mode: Option<i32>,
     optional: bool,
+}
+
+fn key_files(
+    source: KeySource<'_>,
+    namespace: &str,
     sources: &PodSources,
     out: &mut Payload,
 ) -> Result<(), VolumeError> {
+    let KeySource {
+        kind,
+        name,
+        items,
+        default_mode,
+        optional,
+    } = source;
     let mode = default_mode.unwrap_or(DEFAULT_MODE);
     let Some(data) = sources.lookup(kind, namespace, name, optional)? else {
         return Ok(());
@@ -194,24 +206,28 @@ fn projection_files(
 ) -> Result<(), VolumeError> {
     if let Some(cm) = &p.config_map {
         key_files(
-            Kind::ConfigMap,
+            KeySource {
+                kind: Kind::ConfigMap,
+                name: &cm.name,
+                items: cm.items.as_deref(),
+                default_mode,
+                optional: cm.optional.unwrap_or(false),
+            },
             &facts.namespace,
-            &cm.name,
-            cm.items.as_deref(),
-            default_mode,
-            cm.optional.unwrap_or(false),
             sources,
             out,
         )?;
     }
     if let Some(s) = &p.secret {
         key_files(
-            Kind::Secret,
+            KeySource {
+                kind: Kind::Secret,
+                name: &s.name,
+                items: s.items.as_deref(),
+                default_mode,
+                optional: s.optional.unwrap_or(false),
+            },
             &facts.namespace,
-            &s.name,
-            s.items.as_deref(),
-            default_mode,
-            s.optional.unwrap_or(false),
             sources,
             out,
         )?;
@@ -254,23 +270,27 @@ pub fn backing(
     }
     if let Some(cm) = &volume.config_map {
         key_files(
-            Kind::ConfigMap,
+            KeySource {
+                kind: Kind::ConfigMap,
+                name: &cm.name,
+                items: cm.items.as_deref(),
+                default_mode: cm.default_mode,
+                optional: cm.optional.unwrap_or(false),
+            },
             &facts.namespace,
-            &cm.name,
-            cm.items.as_deref(),
-            cm.default_mode,
-            cm.optional.unwrap_or(false),
             sources,
             &mut out,
         )?;
     } else if let Some(s) = &volume.secret {
         key_files(
-            Kind::Secret,
+            KeySource {
+                kind: Kind::Secret,
+                name: s.secret_name.as_deref().unwrap_or_default(),
+                items: s.items.as_deref(),
+                default_mode: s.default_mode,
+                optional: s.optional.unwrap_or(false),
+            },
             &facts.namespace,
-            s.secret_name.as_deref().unwrap_or_default(),
-            s.items.as_deref(),
-            s.default_mode,
-            s.optional.unwrap_or(false),
             sources,
             &mut out,
         )?;
@@ -476,13 +496,9 @@ pub fn prepare(
                 "DirectoryOrCreate" => std::fs::create_dir_all(&path)
                     .map_err(io(format!("creating {}", path.display())))
                     .map_err(fail)?,
-                "FileOrCreate" => {
-                    if !path.exists() {
-                        std::fs::write(&path, b"")
-                            .map_err(io(format!("creating {}", path.display())))
-                            .map_err(fail)?;
-                    }
-                }
+                "FileOrCreate" if !path.exists() => std::fs::write(&path, b"")
+                    .map_err(io(format!("creating {}", path.display())))
+                    .map_err(fail)?,
                 "Directory" if !path.is_dir() => {
                     return Err(fail(VolumeError::Io(format!(
                         "hostPath type check failed: {} is not a directory",

@@ -101,6 +101,9 @@ fn pod_spec_explain_and_list_apply() {
     let host = HostDir(PathBuf::from(format!("/run/skiff-e2e-{}", c.name)));
     std::fs::create_dir_all(host.0.join("shared")).expect("host dir");
     let shared = host.0.join("shared");
+    // The app container runs as uid 1234 and writes here.
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
     let cfg = host.0.join("mnt/cfg");
 
     // kubectl explain: upstream's descriptions and types at every depth.

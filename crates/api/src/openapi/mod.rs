@@ -71,8 +71,22 @@ fn closure(roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
     seen
 }
 
-/// A v2 schema in v3 form: references point into `#/components/schemas/`.
+/// A v2 schema in v3 form, as upstream's v3 builder writes it: references point into
+/// `#/components/schemas/`, and a reference with siblings (a field's own description or default) is
+/// wrapped in `allOf`, since siblings of `$ref` do not count in OpenAPI 3.0 (kubectl explain then shows
+/// the field's description and the referenced type's name, `<IntOrString>`).
 fn to_v3(v: &Value) -> Value {
+    if let Some(m) = v.as_object() {
+        if let Some(r) = m.get("$ref").filter(|_| m.len() > 1) {
+            let mut out: Map<String, Value> = m
+                .iter()
+                .filter(|(k, _)| k.as_str() != "$ref")
+                .map(|(k, x)| (k.clone(), to_v3(x)))
+                .collect();
+            out.insert("allOf".into(), json!([to_v3(&json!({"$ref": r}))]));
+            return Value::Object(out);
+        }
+    }
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
@@ -90,6 +104,26 @@ fn to_v3(v: &Value) -> Value {
         Value::Array(a) => Value::Array(a.iter().map(to_v3).collect()),
         other => other.clone(),
     }
+}
+
+/// A definition in v3 form. The two types that hold either of two JSON types are written as upstream's v3
+/// documents write them (`oneOf`, no `type`), so kubectl shows their names (`<IntOrString>`, `<Quantity>`).
+fn v3_definition(name: &str, schema: &Value) -> Value {
+    let mut out = to_v3(schema);
+    let one_of = match name {
+        "io.k8s.apimachinery.pkg.util.intstr.IntOrString" => {
+            json!([{"type": "integer"}, {"type": "string"}])
+        }
+        "io.k8s.apimachinery.pkg.api.resource.Quantity" => {
+            json!([{"type": "string"}, {"type": "number"}])
+        }
+        _ => return out,
+    };
+    if let Some(m) = out.as_object_mut() {
+        m.remove("type");
+        m.insert("oneOf".into(), one_of);
+    }
+    out
 }
 
 fn gv_path(g: &str, v: &str) -> String {
@@ -204,8 +238,10 @@ pub fn v3_group_version(path: &str) -> Option<Value> {
             .chain(["io.k8s.apimachinery.pkg.apis.meta.v1.Status".to_string()]),
     );
     let defs = definitions();
-    let mut schemas: Map<String, Value> =
-        names.iter().map(|n| (n.clone(), to_v3(&defs[n]))).collect();
+    let mut schemas: Map<String, Value> = names
+        .iter()
+        .map(|n| (n.clone(), v3_definition(n, &defs[n])))
+        .collect();
     for r in &resources {
         if definition_of(r.group, r.version, r.kind).is_none() {
             schemas.insert(schema_name(r), open_schema(r));
@@ -279,7 +315,7 @@ mod tests {
         let core = v3_group_version("api/v1").expect("core");
         let port = &core["components"]["schemas"]["io.k8s.api.core.v1.ServicePort"];
         assert_eq!(
-            port["properties"]["targetPort"]["$ref"],
+            port["properties"]["targetPort"]["allOf"][0]["$ref"],
             "#/components/schemas/io.k8s.apimachinery.pkg.util.intstr.IntOrString"
         );
         assert!(port["properties"]["targetPort"]["description"]
