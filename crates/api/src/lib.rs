@@ -43,6 +43,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 /// `skiff server` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "api")]
 pub struct Options {
     /// Directory for the store, CA and serving certificates, token and kubeconfigs.
     #[arg(long, default_value = "/var/lib/skiff/server")]

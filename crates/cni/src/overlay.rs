@@ -51,6 +51,7 @@ impl std::fmt::Display for Mode {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "overlay")]
 pub struct OverlayOptions {
     /// How pods on different nodes reach each other: a VXLAN overlay, or direct routes via node IPs
     /// (nodes on one L2 segment).

@@ -51,6 +51,7 @@ pub enum Error {
 
 /// Command-line options of `skiff dns` (the binary adds `--kubeconfig`).
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "dns")]
 pub struct Options {
     /// Address to serve DNS on (UDP and TCP).
     #[arg(long, default_value = "0.0.0.0:53")]

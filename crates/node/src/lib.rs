@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 /// `skiff agent` options.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "node")]
 pub struct Options {
     /// Where pod state, generated resolv.conf/hosts files and container logs live.
     #[arg(long, default_value = "/var/lib/skiff/agent")]

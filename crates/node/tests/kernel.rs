@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use skiff_testkit::{eventually_async, Netns};
+
 #[path = "kernel/podspec.rs"]
 mod podspec;
 
@@ -69,73 +71,17 @@ fn sh(cmd: &str, args: &[&str]) -> std::process::Output {
         .expect("running a command")
 }
 
-/// The node's network namespace, removed on drop (also when the test fails).
-struct NodeNs {
-    name: String,
-}
-
-impl NodeNs {
-    fn create() -> NodeNs {
-        let name = format!(
-            "skiff-nt-{}-{:04x}",
-            std::process::id(),
-            rand::random::<u16>()
-        );
-        assert!(
-            sh("ip", &["netns", "add", &name]).status.success(),
-            "ip netns add"
-        );
-        let ns = NodeNs { name };
-        for args in [
-            vec!["-n", &ns.name, "link", "set", "lo", "up"],
-            // No dummy driver here: a veth pair inside the namespace gives the node its address.
-            vec![
-                "-n", &ns.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-            ],
-            vec![
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                "192.168.250.2/24",
-                "dev",
-                "eth0",
-            ],
-            vec!["-n", &ns.name, "link", "set", "eth0", "up"],
-            vec!["-n", &ns.name, "link", "set", "eth0p", "up"],
-        ] {
-            assert!(sh("ip", &args).status.success(), "ip {args:?}");
-        }
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh("ip", &full)
-    }
-}
-
-impl Drop for NodeNs {
-    fn drop(&mut self) {
-        // Processes still in the namespace (a failed test's pods) hold it; kill every one first.
-        let _ = sh("ip", &["netns", "pids", &self.name])
-            .stdout
-            .split(|b| *b == b'\n')
-            .for_each(|pid| {
-                if let Ok(pid) = std::str::from_utf8(pid).unwrap_or("").trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            });
-        let _ = sh("ip", &["netns", "del", &self.name]);
-    }
+/// The node's network namespace (removed on drop with the processes left in it, also when the test fails),
+/// with an address on a veth: there is no dummy driver here.
+fn node_namespace() -> Netns {
+    let ns = Netns::new("skiff-nt-");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ip(&["addr", "add", "192.168.250.2/24", "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["link", "set", "eth0p", "up"]);
+    ns
 }
 
 /// Pod sandboxes left behind by a failed run.
@@ -239,17 +185,6 @@ impl Drop for Agent {
     }
 }
 
-async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn pod(name: &str, spec: serde_json::Value) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -283,7 +218,7 @@ async fn scenario() {
         .await
         .expect("api server");
     let client = server.client().await.expect("client");
-    let node_ns = NodeNs::create();
+    let node_ns = node_namespace();
     let mut guard = PodNsGuard(Vec::new());
 
     let target: std::net::SocketAddr = server
@@ -327,7 +262,7 @@ async fn scenario() {
 
     // Node registration.
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    let node = wait_for("node registration", Duration::from_secs(10), async || {
+    let node = eventually_async("node registration", Duration::from_secs(10), async || {
         nodes.get_opt("node-t").await.ok().flatten().filter(|n| {
             n.status
                 .as_ref()
@@ -403,7 +338,7 @@ async fn scenario() {
         .expect("create demo");
     let demo_uid = demo.metadata.uid.clone().unwrap();
     guard.0.push(demo_uid.clone());
-    let demo = wait_for("demo Ready", Duration::from_secs(20), async || {
+    let demo = eventually_async("demo Ready", Duration::from_secs(20), async || {
         pods.get("demo").await.ok().filter(is_ready)
     })
     .await;
@@ -478,7 +413,7 @@ async fn scenario() {
     pods.create(&PostParams::default(), &pod("quick", json!({"nodeName": "node-t", "containers": [{"name": "p", "image": "registry.k8s.io/pause:3.10"}]})))
         .await
         .expect("create quick");
-    let quick = wait_for("quick Ready", Duration::from_secs(10), async || {
+    let quick = eventually_async("quick Ready", Duration::from_secs(10), async || {
         pods.get("quick").await.ok().filter(is_ready)
     })
     .await;
@@ -522,7 +457,7 @@ async fn scenario() {
         .await
         .expect("create crash");
     guard.0.push(crash.metadata.uid.clone().unwrap());
-    let crash = wait_for("CrashLoopBackOff", Duration::from_secs(10), async || {
+    let crash = eventually_async("CrashLoopBackOff", Duration::from_secs(10), async || {
         pods.get("crash").await.ok().filter(|p| {
             container_status(p, "c").is_some_and(|c| {
                 c.restart_count >= 1
@@ -560,7 +495,7 @@ async fn scenario() {
         .await
         .expect("create bad");
     guard.0.push(bad.metadata.uid.clone().unwrap());
-    let bad = wait_for("ImageNotInCatalog", Duration::from_secs(10), async || {
+    let bad = eventually_async("ImageNotInCatalog", Duration::from_secs(10), async || {
         pods.get("bad").await.ok().filter(|p| {
             container_status(p, "c")
                 .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
@@ -585,7 +520,7 @@ async fn scenario() {
         Some("Pending")
     );
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    wait_for("Failed event", Duration::from_secs(5), async || {
+    eventually_async("Failed event", Duration::from_secs(5), async || {
         events
             .list(&ListParams::default())
             .await
@@ -617,14 +552,14 @@ async fn scenario() {
         .await
         .expect("create live");
     guard.0.push(live.metadata.uid.clone().unwrap());
-    wait_for("liveness restart", Duration::from_secs(15), async || {
+    eventually_async("liveness restart", Duration::from_secs(15), async || {
         pods.get("live")
             .await
             .ok()
             .filter(|p| container_status(p, "c").is_some_and(|c| c.restart_count >= 1))
     })
     .await;
-    wait_for("Unhealthy event", Duration::from_secs(5), async || {
+    eventually_async("Unhealthy event", Duration::from_secs(5), async || {
         events
             .list(&ListParams::default())
             .await
@@ -664,7 +599,7 @@ async fn scenario() {
     )
     .await
     .expect("force delete");
-    wait_for(
+    eventually_async(
         "bad gone from the API",
         Duration::from_secs(5),
         async || {
@@ -705,7 +640,7 @@ async fn scenario() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ServerName: demo\n");
     println!("agent restart adopted the pods");
-    wait_for(
+    eventually_async(
         "orphaned sandbox removed",
         Duration::from_secs(5),
         async || {

@@ -58,6 +58,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Service proxy flags (all prefixed `--proxy-`, so they flatten next to other components' flags).
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "proxy")]
 pub struct Options {
     /// Data plane backend.
     #[arg(long = "proxy-mode", value_enum, default_value = "nftables")]
@@ -75,10 +76,10 @@ pub struct Options {
     #[arg(long = "proxy-healthz-addr", default_value = "0.0.0.0:10256")]
     pub proxy_healthz_addr: SocketAddr,
     /// Pod network of the cluster: other sources are masqueraded when they reach a ClusterIP.
-    #[arg(long = "proxy-cluster-cidr", default_value = defaults::CLUSTER_POD_CIDR)]
+    #[arg(id = "proxy_cluster_cidr", long = "proxy-cluster-cidr", value_name = "CIDR", default_value = defaults::CLUSTER_POD_CIDR)]
     pub cluster_cidr: Ipv4Net,
     /// Service network: traffic to unallocated ClusterIPs is dropped.
-    #[arg(long = "proxy-service-cidr", default_value = defaults::SERVICE_CIDR)]
+    #[arg(id = "proxy_service_cidr", long = "proxy-service-cidr", value_name = "CIDR", default_value = defaults::SERVICE_CIDR)]
     pub service_cidr: Ipv4Net,
 }
 

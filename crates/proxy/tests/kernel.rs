@@ -19,25 +19,10 @@ const POD_B: &str = "10.244.1.3";
 const NODE_IP: &str = "172.30.99.1";
 const CLIENT_IP: &str = "172.30.99.2";
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+use skiff_testkit::{is_root, Netns};
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skiff_testkit::sh(args);
 }
 
 struct Topology {
@@ -46,6 +31,8 @@ struct Topology {
     pod_b: String,
     client: String,
     servers: Vec<Child>,
+    /// Dropped after the servers are killed: removes the namespaces.
+    _namespaces: Vec<Netns>,
 }
 
 impl Drop for Topology {
@@ -54,30 +41,23 @@ impl Drop for Topology {
             let _ = s.kill();
             let _ = s.wait();
         }
-        for ns in [&self.node, &self.pod_a, &self.pod_b, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
 }
 
 impl Topology {
     fn new() -> Topology {
-        let id = format!(
-            "{}{:04x}",
-            std::process::id() % 100000,
-            rand::random::<u16>()
-        );
+        let namespaces: Vec<Netns> = ["skp-n", "skp-a", "skp-b", "skp-x"]
+            .into_iter()
+            .map(Netns::new)
+            .collect();
         let t = Topology {
-            node: format!("skp-{id}-node"),
-            pod_a: format!("skp-{id}-a"),
-            pod_b: format!("skp-{id}-b"),
-            client: format!("skp-{id}-x"),
+            node: namespaces[0].name.clone(),
+            pod_a: namespaces[1].name.clone(),
+            pod_b: namespaces[2].name.clone(),
+            client: namespaces[3].name.clone(),
             servers: Vec::new(),
+            _namespaces: namespaces,
         };
-        for ns in [&t.node, &t.pod_a, &t.pod_b, &t.client] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
         sh(&[
             "ip",
             "netns",

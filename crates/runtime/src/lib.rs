@@ -1,6 +1,7 @@
 //! Shared runtime for Skiff's API clients: cluster-wide defaults, the names Skiff's components agree on,
 //! building a kube-rs client from a kubeconfig, and a bounded-frequency sync trigger.
 
+pub mod config;
 pub mod defaults;
 pub mod sync;
 

@@ -14,6 +14,9 @@ use skiff_runtime::NodeIdentity;
     about = "Kubernetes networking, whole, in one binary"
 )]
 struct Cli {
+    /// Read flags from this YAML or JSON file (`flag-name: value`); flags on the command line win.
+    #[arg(long = skiff_runtime::config::CONFIG_FLAG, global = true, value_name = "FILE")]
+    _config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,89 +41,12 @@ enum Command {
     Cni,
 }
 
-/// Every component names its argument struct `Options` and its fields plainly (`cluster_cidr`), and clap
-/// derives argument ids from field names and a group from the struct name: flattening two components into
-/// one subcommand would clash. This wraps one component's options: its arguments are added under ids with
-/// a prefix (their `--long` names are unchanged and already distinct), and the component's own derive parses
-/// the arguments given on the command line back into its `Options`.
-macro_rules! component_args {
-    ($wrapper:ident, $inner:ty, $prefix:literal) => {
-        struct $wrapper($inner);
-
-        impl $wrapper {
-            fn inner_command() -> clap::Command {
-                <$inner as clap::Args>::augment_args(clap::Command::new("component"))
-            }
-        }
-
-        impl clap::FromArgMatches for $wrapper {
-            fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-                #[derive(clap::Parser)]
-                struct Inner {
-                    #[command(flatten)]
-                    options: $inner,
-                }
-                let mut argv = vec!["component".to_string()];
-                for arg in Self::inner_command().get_arguments() {
-                    let id = format!("{}{}", $prefix, arg.get_id());
-                    if m.value_source(&id) != Some(clap::parser::ValueSource::CommandLine) {
-                        continue;
-                    }
-                    let Some(long) = arg.get_long() else { continue };
-                    if arg.get_action().takes_values() {
-                        for v in m.get_raw(&id).into_iter().flatten() {
-                            argv.push(format!("--{long}={}", v.to_string_lossy()));
-                        }
-                    } else {
-                        argv.push(format!("--{long}"));
-                    }
-                }
-                <Inner as clap::Parser>::try_parse_from(argv).map(|i| $wrapper(i.options))
-            }
-            fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-                *self = Self::from_arg_matches(m)?;
-                Ok(())
-            }
-        }
-
-        impl clap::Args for $wrapper {
-            fn augment_args(mut cmd: clap::Command) -> clap::Command {
-                for arg in Self::inner_command().get_arguments() {
-                    // clap ids are &'static str without its "string" feature; these few are built once.
-                    let id: &'static str =
-                        Box::leak(format!("{}{}", $prefix, arg.get_id()).into_boxed_str());
-                    cmd = cmd.arg(arg.clone().id(id));
-                }
-                cmd
-            }
-            fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-                Self::augment_args(cmd)
-            }
-        }
-    };
-}
-
-component_args!(ApiOptions, skiff_api::Options, "api.");
-component_args!(
-    ControllerOptions,
-    skiff_controllers::Options,
-    "controllers."
-);
-component_args!(NodeOptions, skiff_node::Options, "node.");
-component_args!(ProxyOptions, skiff_proxy::Options, "proxy.");
-component_args!(
-    OverlayOptions,
-    skiff_cni::overlay::OverlayOptions,
-    "overlay."
-);
-component_args!(DnsOptions, skiff_dns::Options, "dns.");
-
 #[derive(Args)]
 struct ServerArgs {
     #[command(flatten)]
-    api: ApiOptions,
+    api: skiff_api::Options,
     #[command(flatten)]
-    controllers: ControllerOptions,
+    controllers: skiff_controllers::Options,
 }
 
 #[derive(Args)]
@@ -141,11 +67,11 @@ struct AgentArgs {
     #[arg(long)]
     node_ip: IpAddr,
     #[command(flatten)]
-    node: NodeOptions,
+    node: skiff_node::Options,
     #[command(flatten)]
-    overlay: OverlayOptions,
+    overlay: skiff_cni::overlay::OverlayOptions,
     #[command(flatten)]
-    proxy: ProxyOptions,
+    proxy: skiff_proxy::Options,
 }
 
 #[derive(Args)]
@@ -153,7 +79,7 @@ struct DnsArgs {
     #[command(flatten)]
     kubeconfig: KubeconfigArg,
     #[command(flatten)]
-    dns: DnsOptions,
+    dns: skiff_dns::Options,
 }
 
 fn main() {
@@ -165,7 +91,14 @@ fn main() {
     {
         std::process::exit(skiff_cni::plugin_main());
     }
-    let cli = Cli::parse();
+    let argv = match skiff_runtime::config::expand_config_flags(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     if let Command::Cni = cli.command {
         std::process::exit(skiff_cni::plugin_main());
     }
@@ -204,10 +137,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", skiff_cluster::status(&opts).await?);
         }
         Command::Server(args) => {
-            let config = skiff_api::ServerConfig::from_options(&args.api.0)?;
+            let config = skiff_api::ServerConfig::from_options(&args.api)?;
             let server = skiff_api::serve(config).await?;
             let client = skiff_runtime::client_from_kubeconfig(&server.kubeconfig_path).await?;
-            let controllers = tokio::spawn(skiff_controllers::run(client, args.controllers.0));
+            let controllers = tokio::spawn(skiff_controllers::run(client, args.controllers));
             tokio::select! {
                 _ = server.wait() => anyhow::bail!("the API server stopped"),
                 res = controllers => {
@@ -225,13 +158,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // One process per node; if any part fails the node is broken: fail fast and let the
             // supervisor (skiff up, systemd) see it.
             let mut kubelet =
-                tokio::spawn(skiff_node::run(client.clone(), node.clone(), args.node.0));
+                tokio::spawn(skiff_node::run(client.clone(), node.clone(), args.node));
             let mut overlay = tokio::spawn(skiff_cni::overlay::run(
                 client.clone(),
                 node.clone(),
-                args.overlay.0,
+                args.overlay,
             ));
-            let mut proxy = tokio::spawn(skiff_proxy::run(client, node, args.proxy.0));
+            let mut proxy = tokio::spawn(skiff_proxy::run(client, node, args.proxy));
             let failure = tokio::select! {
                 r = &mut kubelet => r.context("node agent task")?.context("node agent").err(),
                 r = &mut overlay => r.context("overlay task")?.context("overlay").err(),
@@ -244,7 +177,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Dns(args) => {
             let client = client(&args.kubeconfig).await?;
-            skiff_dns::run(client, args.dns.0).await?;
+            skiff_dns::run(client, args.dns).await?;
         }
         Command::Demoapp(opts) => {
             skiff_node::demoapp::run(

@@ -154,3 +154,48 @@ fn skiff_cni_symlink_runs_the_cni_plugin() {
         "{v}"
     );
 }
+
+#[test]
+fn flags_come_from_a_config_file_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("agent.yaml");
+    // The file gives every required flag; its bad CIDR is reported as a flag error would be.
+    std::fs::write(
+        &config,
+        "kubeconfig: /nonexistent/from-file\nnode-name: n\nnode-ip: 10.0.0.1\nproxy-service-cidr: not-a-cidr\n",
+    )
+    .expect("writing the config file");
+    let run = |extra: &[&str]| {
+        let out = Command::new(SKIFF)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .expect("running skiff");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[]);
+    assert!(
+        err.contains("not-a-cidr") && err.contains("--proxy-service-cidr"),
+        "{err}"
+    );
+    // Typed flags replace the file's: the agent now gets as far as reading the typed kubeconfig.
+    let err = run(&[
+        "--proxy-service-cidr",
+        "10.96.0.0/12",
+        "--kubeconfig=/nonexistent/typed",
+    ]);
+    assert!(err.contains("/nonexistent/typed"), "{err}");
+
+    let out = Command::new(SKIFF)
+        .args(["agent", "--config", "/nonexistent/agent.yaml"])
+        .output()
+        .expect("running skiff");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reading configuration file /nonexistent/agent.yaml"),
+        "{err}"
+    );
+}

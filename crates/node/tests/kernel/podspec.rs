@@ -3,10 +3,11 @@
 //! in the pod's private mount namespace (and updated when the ConfigMap changes), runAsUser / runAsGroup,
 //! workingDir, CreateContainerConfigError, failing init containers, preStop before SIGTERM.
 
-use super::{container_status, pod, wait_for, Pod};
+use super::{container_status, pod, Pod};
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use skiff_testkit::eventually_async as wait_for;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
