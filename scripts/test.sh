@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2
+# The API suites once more with etcd as the store (a real etcd started by the tests; see skiff_api::testing).
+SKIFF_TEST_STORE=etcd cargo test -p skiff-api --tests -- --test-threads=2

@@ -87,6 +87,7 @@ impl Allocators {
     }
 
     /// Release what `old` held and `new` does not (after a successful write).
+    #[cfg(test)]
     pub fn release_diff(&mut self, old: &Held, new: &Held) {
         let gone = Held {
             ips: old

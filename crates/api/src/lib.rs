@@ -11,6 +11,7 @@ mod handlers;
 mod openapi;
 mod pki;
 mod registry;
+mod reservations;
 mod status;
 pub mod testing;
 
@@ -68,6 +69,23 @@ pub struct Options {
     /// Bearer token to accept (default: generated once and kept in the data dir).
     #[arg(long, env = "SKIFF_TOKEN")]
     pub token: Option<String>,
+    /// etcd client URLs, comma-separated (`http://10.0.0.1:2379,...`; `https://` with the TLS flags below).
+    /// Without them the store is embedded (redb in the data dir) and only this server can use it.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_servers: Vec<String>,
+    /// CA bundle to verify the etcd members' serving certificates.
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-keyfile).
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Private key of --etcd-certfile.
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// Prepended to every key in etcd (the keys themselves start with `/registry/`), to keep clusters that
+    /// share one etcd apart.
+    #[arg(long, default_value = "")]
+    pub etcd_prefix: String,
 }
 
 /// Everything `serve` needs.
@@ -80,8 +98,10 @@ pub struct ServerConfig {
     pub node_ports: std::ops::RangeInclusive<u16>,
     pub tls: bool,
     pub token: Option<String>,
-    /// Watch history window (events) kept in memory.
+    /// Watch history window (events) kept in memory (embedded store).
     pub history_window: usize,
+    /// Store in etcd instead of the embedded redb file (`--etcd-servers`).
+    pub etcd: Option<skiff_store::EtcdOptions>,
 }
 
 impl ServerConfig {
@@ -104,6 +124,29 @@ impl ServerConfig {
                 o.node_port_range
             )));
         }
+        let tls_given =
+            o.etcd_cafile.is_some() || o.etcd_certfile.is_some() || o.etcd_keyfile.is_some();
+        if o.etcd_servers.is_empty() && (tls_given || !o.etcd_prefix.is_empty()) {
+            return Err(Error::Config(
+                "--etcd-cafile, --etcd-certfile, --etcd-keyfile and --etcd-prefix need --etcd-servers"
+                    .into(),
+            ));
+        }
+        if o.etcd_certfile.is_some() != o.etcd_keyfile.is_some() {
+            return Err(Error::Config(
+                "--etcd-certfile and --etcd-keyfile go together".into(),
+            ));
+        }
+        let etcd = (!o.etcd_servers.is_empty()).then(|| skiff_store::EtcdOptions {
+            endpoints: o.etcd_servers.clone(),
+            prefix: o.etcd_prefix.clone(),
+            tls: tls_given.then(|| skiff_store::EtcdTls {
+                ca_file: o.etcd_cafile.clone(),
+                cert_file: o.etcd_certfile.clone(),
+                key_file: o.etcd_keyfile.clone(),
+            }),
+            ..Default::default()
+        });
         let advertise = o.advertise_address.unwrap_or_else(|| {
             if o.listen.ip().is_unspecified() {
                 IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -120,6 +163,7 @@ impl ServerConfig {
             tls: !o.insecure_http,
             token: o.token.clone(),
             history_window: 20_000,
+            etcd,
         })
     }
 }
@@ -192,20 +236,24 @@ async fn retry_busy<T, E>(
 pub async fn serve(config: ServerConfig) -> Result<ApiServer, Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
-    let store = retry_busy(
-        || {
-            skiff_store::RedbStore::open(
-                &config.data_dir.join("store.redb"),
-                skiff_store::RedbOptions {
-                    history_window: config.history_window,
-                    ..Default::default()
+    let store: Arc<dyn skiff_store::Store> = match &config.etcd {
+        Some(etcd) => Arc::new(skiff_store::EtcdStore::connect(etcd.clone()).await?),
+        None => Arc::new(
+            retry_busy(
+                || {
+                    skiff_store::RedbStore::open(
+                        &config.data_dir.join("store.redb"),
+                        skiff_store::RedbOptions {
+                            history_window: config.history_window,
+                            ..Default::default()
+                        },
+                    )
                 },
+                |e| matches!(e, skiff_store::Error::Backend(m) if m.contains("already open")),
             )
-        },
-        |e| matches!(e, skiff_store::Error::Backend(m) if m.contains("already open")),
-    )
-    .await?;
-    let store: Arc<dyn skiff_store::Store> = Arc::new(store);
+            .await?,
+        ),
+    };
     let token = match &config.token {
         Some(t) => t.clone(),
         None => pki::load_or_create_token(&config.data_dir)?,

@@ -443,14 +443,8 @@ async fn binding_sets_pod_scheduled_condition() {
 async fn restart_in_process_while_clients_hold_connections() {
     let dir = tempfile::tempdir().expect("dir");
     let cfg = skiff_api::ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise_address: "127.0.0.1".parse().expect("ip"),
-        service_cidr: "10.96.0.0/12".parse().expect("cidr"),
-        node_ports: 30000..=32767,
-        tls: true,
-        token: None,
         history_window: 1000,
+        ..skiff_api::testing::config(dir.path()).expect("config")
     };
     let first = skiff_api::serve(cfg.clone()).await.expect("first server");
     let kc = kube::config::Kubeconfig::read_from(&first.kubeconfig_path).expect("kubeconfig");

@@ -170,7 +170,7 @@ async fn auth_version_health_discovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_errors_limits_and_tables() {
     // A short watch history so that revision 1 falls out of it.
-    let s = TestServer::start_with(|c| c.history_window = 5)
+    let s = TestServer::start_with_short_history()
         .await
         .expect("server");
     let c = Curl::new(&s);
@@ -384,6 +384,7 @@ async fn status_errors_limits_and_tables() {
     assert_eq!(p2["items"][0]["metadata"]["name"], "y");
     assert!(p2["metadata"].get("continue").is_none());
     // Watch from a revision that left the history window: one ERROR event with a 410 Status.
+    s.compact_history().await.expect("compact");
     let r = c
         .req(
             "GET",
@@ -533,14 +534,8 @@ async fn pod_binding_and_graceful_delete() {
 async fn restart_keeps_data_and_allocations() {
     let dir = tempfile::tempdir().expect("dir");
     let cfg = skiff_api::ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise_address: "127.0.0.1".parse().expect("ip"),
-        service_cidr: "10.96.0.0/12".parse().expect("cidr"),
-        node_ports: 30000..=32767,
-        tls: true,
-        token: None,
         history_window: 1000,
+        ..skiff_api::testing::config(dir.path()).expect("config")
     };
     let svc = serde_json::json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"keep"},"spec":{"clusterIP":"10.97.72.1","ports":[{"port":80}]}});
     let token;

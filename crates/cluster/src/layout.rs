@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub use skiff_cni::bgp::Encapsulation;
+
 use crate::Error;
+
+/// Priority of the host's `ip rule` that looks up a bgp cluster's route table (before `main`, 32766).
+pub const HOST_RULE_PRIORITY: u32 = 9100;
 
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
@@ -18,6 +23,8 @@ const IFNAME_MAX: usize = 15;
 pub enum Overlay {
     Vxlan,
     HostGw,
+    /// Routes learned over BGP: BIRD on every node and on the host (`skiff_cni::bgp`).
+    Bgp,
 }
 
 impl Overlay {
@@ -25,6 +32,7 @@ impl Overlay {
         match self {
             Overlay::Vxlan => "vxlan",
             Overlay::HostGw => "host-gw",
+            Overlay::Bgp => "bgp",
         }
     }
 }
@@ -40,9 +48,19 @@ pub struct Layout {
     pub cluster_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
     pub overlay: Overlay,
+    /// With the bgp backend: how pod traffic between nodes is encapsulated.
+    #[serde(default)]
+    pub encapsulation: Encapsulation,
+    /// With the bgp backend: the BGP hold time of every session, in seconds.
+    #[serde(default = "default_hold_time")]
+    pub bgp_hold_time: u16,
     pub lb_pool: String,
     pub api_port: u16,
     pub nodes: Vec<NodeLayout>,
+}
+
+fn default_hold_time() -> u16 {
+    skiff_cni::bgp::Timers::default().hold
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +85,8 @@ pub struct LayoutInput<'a> {
     pub cluster_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
     pub overlay: Overlay,
+    pub encapsulation: Encapsulation,
+    pub bgp_hold_time: u16,
     pub lb_pool: &'a str,
     pub api_port: u16,
 }
@@ -188,6 +208,8 @@ impl Layout {
             cluster_cidr: input.cluster_cidr,
             service_cidr: input.service_cidr,
             overlay: input.overlay,
+            encapsulation: input.encapsulation,
+            bgp_hold_time: input.bgp_hold_time,
             lb_pool: input.lb_pool.to_string(),
             api_port: input.api_port,
             nodes,
@@ -255,7 +277,7 @@ impl Layout {
     /// `skiff agent` arguments for one node (after the executable).
     pub fn agent_args(&self, node: &NodeLayout) -> Vec<String> {
         let internal = self.internal_kubeconfig().display().to_string();
-        vec![
+        let mut args: Vec<String> = vec![
             "agent".into(),
             "--kubeconfig".into(),
             internal.clone(),
@@ -275,15 +297,55 @@ impl Layout {
             internal,
             "--cluster-dns".into(),
             self.dns_ip().to_string(),
-            "--overlay-mode".into(),
-            self.overlay.as_str().into(),
+        ];
+        match self.overlay {
+            Overlay::Vxlan | Overlay::HostGw => {
+                args.extend(["--overlay-mode".into(), self.overlay.as_str().into()])
+            }
+            // The host is every node's external peer: it learns pod CIDRs and service addresses.
+            Overlay::Bgp => args.extend([
+                "--backend".into(),
+                "bgp".into(),
+                "--encapsulation".into(),
+                self.encapsulation.to_string(),
+                "--bgp-peer".into(),
+                self.bridge_ip.to_string(),
+                "--bgp-hold-time".into(),
+                self.bgp_hold_time.to_string(),
+                "--bgp-service-cidr".into(),
+                self.service_cidr.to_string(),
+            ]),
+        }
+        args.extend([
             "--cluster-cidr".into(),
             self.cluster_cidr.to_string(),
             "--proxy-cluster-cidr".into(),
             self.cluster_cidr.to_string(),
             "--proxy-service-cidr".into(),
             self.service_cidr.to_string(),
-        ]
+        ]);
+        args
+    }
+
+    /// The host's BIRD (bgp backend): configuration, control socket, pid file and log.
+    pub fn host_bird_dir(&self) -> PathBuf {
+        self.data_dir.join("host-bird")
+    }
+    pub fn host_bird_pid_file(&self) -> PathBuf {
+        self.run_dir().join("bird-host.pid")
+    }
+    pub fn host_bird_log(&self) -> PathBuf {
+        self.logs_dir().join("bird-host.log")
+    }
+    /// A node's BIRD control socket (where its agent runs BIRD).
+    pub fn node_bird_socket(&self, node: &NodeLayout) -> PathBuf {
+        skiff_cni::bgp::bird_dir(&self.node_state_dir(node)).join("bird.ctl")
+    }
+    /// The host routing table the host's BIRD installs learned routes into: one per cluster, so two
+    /// clusters' BIRDs never remove each other's routes; an `ip rule` of priority [`HOST_RULE_PRIORITY`] looks
+    /// it up before `main`.
+    pub fn host_route_table(&self) -> u32 {
+        20000 + (fnv1a(&self.name) % 40000) as u32
     }
 
     /// The cluster DNS Service address: the tenth address of the service range, as kubeadm picks it
@@ -311,6 +373,8 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             service_cidr: "10.96.0.0/12".parse().unwrap(),
             overlay: Overlay::Vxlan,
+            encapsulation: Encapsulation::None,
+            bgp_hold_time: 9,
             lb_pool: "172.30.0.200-172.30.0.250",
             api_port: 6443,
         }

@@ -3,6 +3,7 @@
 //! the host gets routes to pod CIDRs and the service CIDR so that a user reaches pods and Services as on
 //! the seeds' master node. See ARCHITECTURE.md "Embedded cluster layout".
 
+pub mod bgp;
 pub mod kubeconfig;
 pub mod layout;
 pub mod net;
@@ -84,9 +85,16 @@ pub struct Options {
     /// Service (ClusterIP) range.
     #[arg(long, default_value = defaults::SERVICE_CIDR)]
     pub service_cidr: Ipv4Net,
-    /// How pod traffic crosses nodes.
-    #[arg(long, value_enum, default_value = "vxlan")]
+    /// How pod traffic crosses nodes: a VXLAN overlay, host-gw routes, or routes learned over BGP (BIRD on
+    /// every node and on the host).
+    #[arg(long, visible_alias = "backend", value_enum, default_value = "vxlan")]
     pub overlay: Overlay,
+    /// With --backend bgp: how pod traffic between nodes is encapsulated (Calico's ipipMode / vxlanMode).
+    #[arg(long, value_enum, default_value = "none")]
+    pub encapsulation: layout::Encapsulation,
+    /// With --backend bgp: the BGP hold time in seconds (a stopped node is withdrawn after it).
+    #[arg(long, default_value_t = 9)]
+    pub bgp_hold_time: u16,
     /// LoadBalancer address pool (first-last).
     #[arg(long, default_value = defaults::LOAD_BALANCER_POOL)]
     pub lb_pool: String,
@@ -159,6 +167,8 @@ impl Options {
             cluster_cidr: self.cluster_cidr,
             service_cidr: self.service_cidr,
             overlay: self.overlay,
+            encapsulation: self.encapsulation,
+            bgp_hold_time: self.bgp_hold_time,
             lb_pool: &self.lb_pool,
             api_port: self.api_port,
         })
@@ -251,6 +261,15 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
         layout.node_network.prefix_len()
     ));
 
+    if layout.overlay == Overlay::Bgp {
+        progress.step("starting the host's BIRD (BGP peer of every node)");
+        let pid = bgp::start(&layout).await?;
+        progress.done(&format!(
+            "host BIRD (pid {pid}) learns routes into table {}",
+            layout.host_route_table()
+        ));
+    }
+
     progress.step("starting the API server");
     let server_pid =
         procs::spawn_detached(&exe, &layout.server_args(), &layout.server_log(), None)?;
@@ -282,7 +301,8 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
     for node in &layout.nodes {
         net::attach_to_bridge(&handle, &node.host_veth, bridge_index).await?;
     }
-    if let Some(first) = layout.nodes.first() {
+    // With BGP the host learns the service CIDR from the nodes instead.
+    if let (Some(first), false) = (layout.nodes.first(), layout.overlay == Overlay::Bgp) {
         net::replace_route(&handle, layout.service_cidr, first.ip).await?;
     }
     progress.done(&format!(
@@ -634,13 +654,24 @@ async fn wait_nodes(
             .await
             .map_err(kube_err("listing nodes"))?;
         let mut ready = 0;
+        let learned = if layout.overlay == Overlay::Bgp {
+            bgp::learned_routes(layout).await
+        } else {
+            BTreeSet::new()
+        };
         for node in &nodes.items {
             let Some(name) = node.metadata.name.as_deref() else {
                 continue;
             };
             let Some(&ip) = ips.get(name) else { continue };
             if let Some(cidr) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
-                if !routed.contains(cidr) {
+                if layout.overlay == Overlay::Bgp {
+                    // Routed once the host learned it over BGP.
+                    let net: Option<Ipv4Net> = cidr.parse().ok();
+                    if net.is_some_and(|n| learned.contains(&n.trunc())) {
+                        routed.insert(cidr.to_string());
+                    }
+                } else if !routed.contains(cidr) {
                     let net: Ipv4Net = cidr
                         .parse()
                         .map_err(|e| Error::Other(format!("node {name}: podCIDR {cidr:?}: {e}")))?;
@@ -770,7 +801,11 @@ async fn apply_demo(
             }
         }
     }
-    // The seed puts its external IP on the master's NIC; here the host routes it to node-1.
+    // The seed puts its external IP on the master's NIC; here the host routes it to node-1 (with BGP the
+    // nodes announce it).
+    if layout.overlay == Overlay::Bgp {
+        return Ok(());
+    }
     if let (Some(first), Ok(ip)) = (
         layout.nodes.first(),
         system::DEMO_EXTERNAL_IP.parse::<Ipv4Addr>(),
@@ -842,6 +877,8 @@ pub fn find_layout(name: &str, data_dir: Option<&Path>) -> Result<Layout, Error>
             .parse()
             .map_err(|_| Error::Other("bad default".into()))?,
         overlay: Overlay::Vxlan,
+        encapsulation: layout::Encapsulation::None,
+        bgp_hold_time: 9,
         lb_pool: defaults::LOAD_BALANCER_POOL,
         api_port: defaults::API_SERVER_PORT,
     })
@@ -878,6 +915,9 @@ async fn down_layout(layout: &Layout, remove_state: bool) -> Result<DownReport, 
         if net::delete_link(&handle, &link).await? {
             report.links.push(link);
         }
+    }
+    if layout.overlay == Overlay::Bgp {
+        bgp::cleanup(layout).await;
     }
     if remove_state {
         remove_from_user_kubeconfig(&layout.name);
@@ -948,6 +988,10 @@ fn stop_processes(layout: &Layout, namespaces: &[String]) -> usize {
     let again = procs::pids_in_netns(&inodes);
     count += again.len();
     procs::terminate(&again, Duration::from_millis(500));
+    if let Some(bird) = bgp::host_pid(layout) {
+        count += 1;
+        procs::terminate(&BTreeSet::from([bird]), Duration::from_secs(3));
+    }
     if let Some(server) = procs::read_live_pid(&layout.server_pid_file()) {
         let mut s = BTreeSet::from([server]);
         s.extend(procs::descendants(&[server]));
@@ -981,9 +1025,15 @@ pub async fn status(opts: &StatusOptions) -> Result<String, Error> {
         .list(&ListParams::default())
         .await
         .map_err(kube_err("listing nodes"))?;
+    let bgp = layout.overlay == Overlay::Bgp;
     out.push_str(&format!(
-        "{:<12} {:<9} {:<15} {:<16} {}\n",
-        "NODE", "STATUS", "INTERNAL-IP", "POD-CIDR", "AGENT"
+        "{:<12} {:<9} {:<15} {:<16} {:<12}{}\n",
+        "NODE",
+        "STATUS",
+        "INTERNAL-IP",
+        "POD-CIDR",
+        "AGENT",
+        if bgp { " BGP" } else { "" }
     ));
     for n in &nodes.items {
         let name = n.metadata.name.clone().unwrap_or_default();
@@ -1007,7 +1057,32 @@ pub async fn status(opts: &StatusOptions) -> Result<String, Error> {
             .map(|p| format!("pid {p}"))
             .unwrap_or_else(|| "not running".into());
         let st = if node_ready(n) { "Ready" } else { "NotReady" };
-        out.push_str(&format!("{name:<12} {st:<9} {ip:<15} {cidr:<16} {agent}\n"));
+        let sessions = match layout.nodes.iter().find(|l| l.name == name) {
+            Some(l) if bgp => {
+                let s = bgp::sessions(&layout.node_bird_socket(l)).await;
+                format!(" {}", bgp::summary(&s))
+            }
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{name:<12} {st:<9} {ip:<15} {cidr:<16} {agent:<12}{sessions}\n"
+        ));
+    }
+    if bgp {
+        let pid = bgp::host_pid(&layout)
+            .map(|p| format!("pid {p}"))
+            .unwrap_or_else(|| "not running".into());
+        let sessions = bgp::host_sessions(&layout).await;
+        out.push_str(&format!(
+            "host BIRD: {pid}, table {}, sessions {}\n",
+            layout.host_route_table(),
+            bgp::summary(&sessions)
+        ));
+        if let Ok(list) = &sessions {
+            for s in list {
+                out.push_str(&format!("  {:<16} {:<6} {}\n", s.name, s.state, s.info));
+            }
+        }
     }
     let pods = Api::<Pod>::namespaced(client, "kube-system")
         .list(&ListParams::default())

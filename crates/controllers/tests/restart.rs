@@ -55,14 +55,8 @@ async fn pod_names(client: &Client) -> Vec<String> {
 async fn no_duplicates_across_api_server_and_controller_restarts() {
     let dir = tempfile::tempdir().expect("dir");
     let mut cfg = skiff_api::ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise_address: "127.0.0.1".parse().expect("ip"),
-        service_cidr: "10.96.0.0/12".parse().expect("cidr"),
-        node_ports: 30000..=32767,
-        tls: true,
-        token: None,
         history_window: 1000,
+        ..skiff_api::testing::config(dir.path()).expect("config")
     };
     let server = skiff_api::serve(cfg.clone()).await.expect("serve");
     // Restart on the same port so that the controllers' client finds it again.

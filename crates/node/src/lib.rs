@@ -86,7 +86,12 @@ pub(crate) struct Ctx {
     /// it a burst of pods opens one HTTP/1.1 + TLS connection per concurrent request, and the client's pool
     /// keeps them all (with their buffers) afterwards; kubelet bounds the same traffic with its client QPS.
     pub api_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Awaited (bounded by `POD_GATE_TIMEOUT`) after a pod's sandbox is set up, before its containers start.
+    pub pod_gate: Option<std::sync::Arc<dyn skiff_runtime::gate::PodStartGate>>,
 }
+
+/// How long a pod start waits for its gate (network policy) before starting anyway with a warning.
+pub const POD_GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Pod-worker API requests in flight at once (see [`Ctx::api_slots`]).
 pub const POD_API_CONCURRENCY: usize = 8;
@@ -166,6 +171,16 @@ pub async fn run(
     node: skiff_runtime::NodeIdentity,
     options: Options,
 ) -> Result<(), Error> {
+    run_gated(client, node, options, None).await
+}
+
+/// As `run`, with a gate every pod start awaits between its sandbox and its containers.
+pub async fn run_gated(
+    client: kube::Client,
+    node: skiff_runtime::NodeIdentity,
+    options: Options,
+    pod_gate: Option<std::sync::Arc<dyn skiff_runtime::gate::PodStartGate>>,
+) -> Result<(), Error> {
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::{Pod, Service};
     use kube::runtime::{reflector, watcher, WatchStreamExt};
@@ -233,6 +248,7 @@ pub async fn run(
         services,
         origin: std::time::Instant::now(),
         api_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(POD_API_CONCURRENCY)),
+        pod_gate,
     });
 
     let mut records: HashMap<String, state::PodRecord> =

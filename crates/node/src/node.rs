@@ -210,8 +210,13 @@ pub async fn post_status(
 ) -> Result<Node, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
     let patch = serde_json::json!({"status": status(node, since)});
-    api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    // Strategic merge, as kubelet: conditions merge by type, so others' (NetworkUnavailable) stay.
+    api.patch_status(
+        &node.name,
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await
 }
 
 /// Wait until the node IPAM controller has given this node a pod CIDR.

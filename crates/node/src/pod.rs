@@ -251,6 +251,15 @@ impl Worker {
                 let _ = std::fs::remove_file(dir.join("resolv.conf"));
             }
         }
+        if let (Some(gate), false) = (&self.ctx.pod_gate, host_network) {
+            let admitted = gate.admit(&self.pod, &self.pod_ips);
+            if tokio::time::timeout(crate::POD_GATE_TIMEOUT, admitted)
+                .await
+                .is_err()
+            {
+                tracing::warn!(pod = %self.name, "pod start gate (network policy) not open in time; starting anyway");
+            }
+        }
         self.sandbox_ready = true;
         self.save();
         Ok(())

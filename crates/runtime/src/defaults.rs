@@ -27,3 +27,6 @@ pub const LOAD_BALANCER_CLASS: &str = "skiff.dev/pool";
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+/// NetworkPolicy annotation: `"true"` logs the packets the policy's isolation denies (both ends named).
+pub const ANNOTATION_LOG_DENIED: &str = "skiff.dev/log-denied";

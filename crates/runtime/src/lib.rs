@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod defaults;
+pub mod gate;
 pub mod sync;
 
 use std::path::Path;

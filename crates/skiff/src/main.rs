@@ -32,13 +32,31 @@ enum Command {
     /// The control plane: API server and controllers in one process.
     Server(ServerArgs),
     /// The node agent (kubelet) of one node.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Cluster DNS (the `skiff/dns` image).
     Dns(DnsArgs),
     /// The demo HTTP server (the `ikubernetes/demoapp` image).
     Demoapp(skiff_node::demoapp::Options),
     /// Run as a CNI plugin (CNI_COMMAND etc. in the environment, network configuration on stdin).
     Cni,
+    /// NetworkPolicy tools.
+    #[command(subcommand)]
+    Netpol(NetpolCommand),
+}
+
+#[derive(Subcommand)]
+enum NetpolCommand {
+    /// Explain whether a new connection FROM → TO on PORT[/PROTO] is allowed, and by which policies and rules
+    /// (ends as namespace/pod or an IPv4 address; the same model the data plane enforces).
+    Why {
+        from: String,
+        to: String,
+        /// Destination port, optionally with /TCP, /UDP or /SCTP (TCP by default).
+        port: String,
+        /// Kubeconfig of the cluster.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -68,10 +86,18 @@ struct AgentArgs {
     node_ip: IpAddr,
     #[command(flatten)]
     node: skiff_node::Options,
+    /// How pods reach other nodes: vxlan / host-gw routes programmed by the agent, or bgp (BIRD learns and
+    /// installs them) [default: --overlay-mode].
+    #[arg(long, value_enum)]
+    backend: Option<skiff_cni::Backend>,
     #[command(flatten)]
     overlay: skiff_cni::overlay::OverlayOptions,
     #[command(flatten)]
+    bgp: skiff_cni::bgp::BgpOptions,
+    #[command(flatten)]
     proxy: skiff_proxy::Options,
+    #[command(flatten)]
+    netpol: skiff_netpol::agent::Options,
 }
 
 #[derive(Args)]
@@ -157,23 +183,72 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             // One process per node; if any part fails the node is broken: fail fast and let the
             // supervisor (skiff up, systemd) see it.
-            let mut kubelet =
-                tokio::spawn(skiff_node::run(client.clone(), node.clone(), args.node));
-            let mut overlay = tokio::spawn(skiff_cni::overlay::run(
+            let agent_data_dir = args.node.data_dir.clone();
+            let netpol = skiff_netpol::agent::Enforcement::new(&node);
+            let mut kubelet = tokio::spawn(skiff_node::run_gated(
                 client.clone(),
                 node.clone(),
-                args.overlay,
+                args.node,
+                Some(netpol.gate()),
             ));
+            let mut netpol = tokio::spawn(netpol.run(
+                client.clone(),
+                args.netpol,
+                skiff_netpol::apply::Runner::new(),
+            ));
+            let mut overlay_options = args.overlay;
+            let mut overlay = match args.backend {
+                Some(skiff_cni::Backend::Bgp) => {
+                    let (c, n, o) = (client.clone(), node.clone(), args.bgp);
+                    let cidr = overlay_options.cluster_cidr;
+                    tokio::spawn(async move {
+                        skiff_cni::bgp::run(c, n, o, cidr, agent_data_dir)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    })
+                }
+                backend => {
+                    match backend {
+                        Some(skiff_cni::Backend::Vxlan) => {
+                            overlay_options.mode = skiff_cni::overlay::Mode::Vxlan
+                        }
+                        Some(skiff_cni::Backend::HostGw) => {
+                            overlay_options.mode = skiff_cni::overlay::Mode::HostGw
+                        }
+                        _ => {}
+                    }
+                    let (c, n) = (client.clone(), node.clone());
+                    tokio::spawn(async move {
+                        skiff_cni::overlay::run(c, n, overlay_options)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    })
+                }
+            };
             let mut proxy = tokio::spawn(skiff_proxy::run(client, node, args.proxy));
             let failure = tokio::select! {
                 r = &mut kubelet => r.context("node agent task")?.context("node agent").err(),
                 r = &mut overlay => r.context("overlay task")?.context("overlay").err(),
                 r = &mut proxy => r.context("proxy task")?.context("proxy").err(),
+                r = &mut netpol => r.context("network policy task")?.context("network policy").err(),
             };
             kubelet.abort();
             overlay.abort();
             proxy.abort();
+            netpol.abort();
             return Err(failure.unwrap_or_else(|| anyhow::anyhow!("an agent component stopped")));
+        }
+        Command::Netpol(NetpolCommand::Why {
+            from,
+            to,
+            port,
+            kubeconfig,
+        }) => {
+            let client = skiff_runtime::client_from_kubeconfig(&kubeconfig).await?;
+            print!(
+                "{}",
+                skiff_netpol::query::why(client, &from, &to, &port).await?
+            );
         }
         Command::Dns(args) => {
             let client = client(&args.kubeconfig).await?;

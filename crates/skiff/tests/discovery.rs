@@ -1,57 +1,12 @@
 //! End-to-end service discovery and pod network on a real `skiff up` cluster: cluster DNS as a pod sees it
 //! (`dig` against kube-dns, the C library resolver through the pod's resolv.conf search path, `wget` by
 //! service name), the service environment variables a pod starts with, and pod-to-pod traffic across nodes
-//! keeping the caller's pod IP (VXLAN and host-gw).
+//! keeping the caller's pod IP (VXLAN, host-gw and BGP).
 
 mod common;
 
 use common::*;
-use std::process::Output;
 use std::time::Duration;
-
-/// `kubectl create -f` of an inline manifest (written next to the cluster's data dir).
-fn create(c: &TestCluster, name: &str, yaml: &str) {
-    let path = c.data_dir.with_file_name(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).expect("writing manifest");
-    let out = c.kubectl(&["create", "-f", &path.display().to_string()]);
-    assert!(
-        out.status.success(),
-        "kubectl create {name}: {}",
-        text(&out)
-    );
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn jsonpath(c: &TestCluster, kind: &str, ns: &str, name: &str, path: &str) -> String {
-    stdout(&c.kubectl(&[
-        "get",
-        kind,
-        "-n",
-        ns,
-        name,
-        "-o",
-        &format!("jsonpath={path}"),
-    ]))
-}
-
-/// Waits until pod `ns/name` is Ready and returns its IP.
-fn wait_ready(c: &TestCluster, ns: &str, name: &str) -> String {
-    let ok = wait_until(Duration::from_secs(30), || {
-        jsonpath(
-            c,
-            "pod",
-            ns,
-            name,
-            "{.status.conditions[?(@.type==\"Ready\")].status}",
-        ) == "True"
-    });
-    let pod = c.kubectl(&["get", "pod", "-n", ns, name, "-o", "yaml"]);
-    assert!(ok, "pod {ns}/{name} not Ready: {}", text(&pod));
-    jsonpath(c, "pod", ns, name, "{.status.podIP}")
-}
 
 /// Waits until pod `ns/name` has an IP and returns it.
 fn wait_pod_ip(c: &TestCluster, ns: &str, name: &str) -> String {
@@ -187,28 +142,6 @@ fn records(reply: &str) -> Vec<String> {
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-fn demoapp_pod(ns: &str, name: &str, node: &str, app: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {ns}
-  labels:
-    app: {app}
-spec:
-  nodeName: {node}
-  containers:
-  - name: demoapp
-    image: ikubernetes/demoapp:v1.0
-    ports:
-    - name: http
-      containerPort: 80
----
-"#
-    )
 }
 
 fn service(ns: &str, name: &str, app: &str, headless: bool) -> String {
@@ -804,6 +737,13 @@ fn pod_network_across_nodes(overlay: &str) {
     if overlay == "host-gw" {
         assert!(route.contains(&format!("via {} ", c.node_ip(2))), "{route}");
         assert!(vxlan.is_empty(), "{vxlan}");
+    } else if overlay == "bgp" {
+        // BIRD installed it, learned from node-2 over BGP.
+        assert!(
+            route.contains(&format!("via {} ", c.node_ip(2))) && route.contains("proto bird"),
+            "{route}"
+        );
+        assert!(vxlan.is_empty(), "{vxlan}");
     } else {
         let dev = vxlan
             .split(": ")
@@ -961,6 +901,11 @@ fn pods_on_different_nodes_reach_each_other_without_nat_over_vxlan() {
 #[test]
 fn pods_on_different_nodes_reach_each_other_without_nat_over_host_gw() {
     pod_network_across_nodes("host-gw");
+}
+
+#[test]
+fn pods_on_different_nodes_reach_each_other_without_nat_over_bgp() {
+    pod_network_across_nodes("bgp");
 }
 
 /// Issue 6 (and the DNS Deployment's probes): the cluster DNS pods are Ready through their readiness probe

@@ -1,12 +1,16 @@
-//! The store: a trait over a revisioned key-value store with watch history, and its embedded redb backend.
+//! The store: a trait over a revisioned key-value store with watch history, and its backends: embedded redb
+//! (one process) and etcd (several API servers sharing one etcd cluster).
 //!
 //! The model is etcd's: one monotonic revision for the whole store; every key carries the revision that created
 //! it and the revision of its last modification; writes are conditional on a key's mod revision (CAS); watches
 //! start from a revision and see every later event, or fail with [`Error::TooOld`] when that revision has left
 //! the in-memory history window (the API server maps that to 410 Gone).
 
+mod etcd_store;
+pub mod etcd_testing;
 mod redb_store;
 
+pub use etcd_store::{EtcdOptions, EtcdStore, EtcdTls};
 pub use redb_store::{RedbOptions, RedbStore};
 
 use std::future::Future;
@@ -73,6 +77,9 @@ pub struct ListOptions {
     pub start_after: Option<String>,
     /// At most this many items (0 / None = all).
     pub limit: Option<usize>,
+    /// Read at this revision (later pages of a paged list). etcd serves it from its history (`TooOld` once
+    /// compacted); the embedded store keeps no old versions and serves the current state.
+    pub revision: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -546,6 +546,7 @@ mod tests {
                 ListOptions {
                     start_after: None,
                     limit: Some(2),
+                    ..Default::default()
                 },
             )
             .await
@@ -558,6 +559,7 @@ mod tests {
                 ListOptions {
                     start_after: Some("/x/b".into()),
                     limit: Some(2),
+                    ..Default::default()
                 },
             )
             .await

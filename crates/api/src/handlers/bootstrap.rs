@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// Another API server sharing the store may create the same bootstrap object at the same moment: losing that
+/// race is fine.
+async fn created_or_exists(ctx: &Ctx, key: &str, r: ApiResult<Value>) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => match ctx.store.get(key).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Bootstrap(e.message)),
+        },
+    }
+}
+
 /// Create the system namespaces and the `kubernetes` Service with its Endpoints and EndpointSlice
 /// (pointing at the advertise address); refresh the endpoints on every start.
 pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
@@ -16,14 +28,13 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if ctx.store.get(&nsr.key(None, ns)).await?.is_none() {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-            create_prepared(ctx, nsr, None, obj, &opts, None)
-                .await
-                .map_err(berr)?;
+            let r = create_prepared(ctx, nsr, None, obj, &opts, None).await;
+            created_or_exists(ctx, &nsr.key(None, ns), r).await?;
         }
     }
     let svcr =
         registry::find("", "v1", "services").ok_or_else(|| Error::Bootstrap("services".into()))?;
-    let first_ip = ctx.alloc.lock().first_ip().to_string();
+    let first_ip = ctx.alloc.first_ip().to_string();
     if ctx
         .store
         .get(&svcr.key(Some("default"), "kubernetes"))
@@ -36,9 +47,8 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
             "spec": {"type": "ClusterIP", "clusterIP": first_ip, "sessionAffinity": "None",
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": ctx.port}]},
         });
-        create_prepared(ctx, svcr, Some("default"), obj, &opts, None)
-            .await
-            .map_err(berr)?;
+        let r = create_prepared(ctx, svcr, Some("default"), obj, &opts, None).await;
+        created_or_exists(ctx, &svcr.key(Some("default"), "kubernetes"), r).await?;
     } else {
         // Keep the targetPort in step with the port actually served.
         let cur = get_kv(ctx, svcr, Some("default"), "kubernetes")
@@ -83,9 +93,8 @@ pub async fn bootstrap(ctx: &Arc<Ctx>) -> Result<(), Error> {
             registry::find(group, "v1", plural).ok_or_else(|| Error::Bootstrap(plural.into()))?;
         match ctx.store.get(&r.key(Some("default"), "kubernetes")).await? {
             None => {
-                create_prepared(ctx, r, Some("default"), obj, &opts, None)
-                    .await
-                    .map_err(berr)?;
+                let c = create_prepared(ctx, r, Some("default"), obj, &opts, None).await;
+                created_or_exists(ctx, &r.key(Some("default"), "kubernetes"), c).await?;
             }
             Some(cur) => {
                 let mut new = from_kv(&cur).map_err(berr)?;

@@ -168,7 +168,8 @@ pub(super) async fn delete_one(
         {
             Ok(kv) => {
                 if is_service(res) {
-                    ctx.alloc.lock().release(&held_by(&obj));
+                    let owner = format!("{}/{name}", ns.unwrap_or(""));
+                    ctx.alloc.release(&held_by(&obj), &owner).await;
                 }
                 return Ok(with_rv(obj, kv.mod_revision));
             }
@@ -193,7 +194,9 @@ pub(super) async fn delete_namespace_contents(ctx: &Ctx, ns: &str) -> ApiResult<
                         is_service(r),
                         serde_json::from_slice::<Value>(&deleted.value),
                     ) {
-                        ctx.alloc.lock().release(&held_by(&v));
+                        let owner =
+                            format!("{ns}/{}", v["metadata"]["name"].as_str().unwrap_or(""));
+                        ctx.alloc.release(&held_by(&v), &owner).await;
                     }
                 }
                 Err(skiff_store::Error::NotFound(_)) => {}

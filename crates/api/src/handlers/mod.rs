@@ -21,6 +21,7 @@ use crate::alloc::{held_by, Allocators};
 use crate::discovery;
 use crate::openapi;
 use crate::registry::{self, Resource, Sub};
+use crate::reservations::{AllocError, ServiceAllocator};
 use crate::status::{ApiError, ApiResult};
 use crate::{Error, ServerConfig};
 use base64::Engine;
@@ -48,9 +49,9 @@ const TABLE_CT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 pub struct Ctx {
     pub store: Arc<dyn Store>,
     token: String,
-    /// ClusterIP / NodePort allocations. Held only while deciding (never across a store write): an allocation
-    /// is reserved before the write and given back if the write fails, so concurrent writers never share one.
-    alloc: parking_lot::Mutex<Allocators>,
+    /// ClusterIP / NodePort allocations: reserved in the store before the Service write and given back if the
+    /// write fails, so concurrent writers (also on other API servers) never share one.
+    alloc: ServiceAllocator,
     advertise: IpAddr,
     port: u16,
     /// Becomes true (or its sender goes away) when the server shuts down: connections and watch streams end so
@@ -71,19 +72,18 @@ impl Ctx {
         port: u16,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<Self>, Error> {
-        let mut alloc = Allocators::new(cfg.service_cidr, cfg.node_ports.clone());
         let svc = registry::find("", "v1", "services")
             .ok_or_else(|| Error::Bootstrap("no services".into()))?;
-        let list = store.list(&svc.prefix(), ListOptions::default()).await?;
-        for kv in list.items {
-            if let Ok(v) = serde_json::from_slice::<Value>(&kv.value) {
-                alloc.mark(&held_by(&v));
-            }
-        }
+        let alloc = ServiceAllocator::new(
+            store.clone(),
+            Allocators::new(cfg.service_cidr, cfg.node_ports.clone()),
+            &svc.prefix(),
+        )
+        .await?;
         Ok(Arc::new(Self {
             store,
             token,
-            alloc: parking_lot::Mutex::new(alloc),
+            alloc,
             advertise: cfg.advertise_address,
             port,
             stop,

@@ -60,6 +60,9 @@ impl Filters {
     }
 }
 
+/// Upstream's message when a continue token's revision has been compacted.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct ContinueToken {
     #[serde(rename = "k")]
@@ -84,7 +87,7 @@ pub(super) async fn list(
                 .map_err(|_| ApiError::bad_request("invalid continue token"))?;
             let tok: ContinueToken = serde_json::from_slice(&raw)
                 .map_err(|_| ApiError::bad_request("invalid continue token"))?;
-            Some(tok.key)
+            Some(tok)
         }
         None => None,
     };
@@ -156,20 +159,27 @@ pub(super) async fn list_visit(
     ctx: &Ctx,
     prefix: &str,
     filters: &Filters,
-    start_after: Option<String>,
+    start_after: Option<ContinueToken>,
     limit: usize,
     mut visit: impl FnMut(&KeyValue, Option<Value>) -> ApiResult<()>,
 ) -> ApiResult<(u64, Option<String>, Option<usize>)> {
+    let pinned = start_after.is_some();
+    // Later pages read the first page's revision (one consistent list, as upstream's continue tokens).
     let r = ctx
         .store
         .list(
             prefix,
             ListOptions {
-                start_after,
+                revision: start_after.as_ref().map(|t| t.rv).filter(|r| *r > 0),
+                start_after: start_after.map(|t| t.key),
                 limit: None,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            skiff_store::Error::TooOld { .. } if pinned => ApiError::gone(CONTINUE_EXPIRED),
+            e => ApiError::from(e),
+        })?;
     let mut count = 0usize;
     let mut last_key: Option<&str> = None;
     for (i, kv) in r.items.iter().enumerate() {
@@ -213,7 +223,7 @@ pub(super) async fn list_filtered(
             prefix,
             ListOptions {
                 start_after,
-                limit: None,
+                ..Default::default()
             },
         )
         .await?;

@@ -97,7 +97,15 @@ pub(super) async fn watch(
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24));
             tokio::select! {
                 ev = w.recv() => {
-                    let Some(Ok(ev)) = ev else { return };
+                    let ev = match ev {
+                        Some(Ok(ev)) => ev,
+                        Some(Err(e @ skiff_store::Error::TooOld { .. })) => {
+                            // History compacted under a running watch (etcd): the client re-lists on 410.
+                            let _ = tx.send(event_line("ERROR", &ApiError::from(e).to_json())).await;
+                            return;
+                        }
+                        _ => return,
+                    };
                     last_rev = ev.revision();
                     if exact_key.as_ref().is_some_and(|k| *k != ev.kv.key) {
                         continue;

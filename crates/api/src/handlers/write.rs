@@ -238,10 +238,12 @@ pub(super) async fn create_prepared(
     }
     let key = res.key(ns, &name);
     if is_service(res) {
-        ctx.alloc
-            .lock()
-            .allocate(&mut obj, None, opts.dry_run)
-            .map_err(|c| ApiError::invalid(res.group, res.kind, &name, &c))?;
+        let owner = format!("{}/{name}", ns.unwrap_or(""));
+        let reserved = ctx
+            .alloc
+            .allocate(&mut obj, None, opts.dry_run, &owner)
+            .await
+            .map_err(|e| alloc_err(res, &name, e))?;
         if opts.dry_run {
             if ctx.store.get(&key).await?.is_some() {
                 return Err(ApiError::already_exists(res.group, res.plural, &name));
@@ -251,7 +253,7 @@ pub(super) async fn create_prepared(
         match ctx.store.create(&key, to_stored(&obj)).await {
             Ok(kv) => Ok(with_rv(obj, kv.mod_revision)),
             Err(e) => {
-                ctx.alloc.lock().release(&held_by(&obj));
+                ctx.alloc.undo(reserved).await;
                 Err(store_err(res, &name, e))
             }
         }
@@ -268,6 +270,13 @@ pub(super) async fn create_prepared(
             .await
             .map_err(|e| store_err(res, &name, e))?;
         Ok(with_rv(obj, kv.mod_revision))
+    }
+}
+
+pub(super) fn alloc_err(res: &Resource, name: &str, e: AllocError) -> ApiError {
+    match e {
+        AllocError::Invalid(c) => ApiError::invalid(res.group, res.kind, name, &c),
+        AllocError::Store(e) => ApiError::from(e),
     }
 }
 
@@ -398,14 +407,18 @@ pub(super) async fn finish_update(
             .as_array()
             .is_none_or(|f| f.is_empty());
     let svc = is_service(res);
-    if svc {
+    let owner = format!("{}/{name}", ns.unwrap_or(""));
+    let reserved = if svc {
         ctx.alloc
-            .lock()
-            .allocate(&mut new, Some(&old), opts.dry_run)
-            .map_err(|c| ApiError::invalid(res.group, res.kind, name, &c))?;
-    }
+            .allocate(&mut new, Some(&old), opts.dry_run, &owner)
+            .await
+            .map_err(|e| alloc_err(res, name, e))?
+    } else {
+        Default::default()
+    };
     if strip_volatile(&new) == strip_volatile(&old) && !deleting {
         // No-op update: nothing written, resourceVersion unchanged (as upstream).
+        ctx.alloc.undo(reserved).await;
         return Ok(UpdateOutcome::Written(old));
     }
     if opts.dry_run {
@@ -414,15 +427,20 @@ pub(super) async fn finish_update(
     if deleting {
         return match ctx.store.delete(&key, Some(cur.mod_revision)).await {
             Ok(kv) => {
+                ctx.alloc.undo(reserved).await;
                 if svc {
-                    ctx.alloc.lock().release(&held_by(&old));
+                    ctx.alloc.release(&held_by(&old), &owner).await;
                 }
                 Ok(UpdateOutcome::Written(with_rv(new, kv.mod_revision)))
             }
             Err(skiff_store::Error::Conflict { .. }) | Err(skiff_store::Error::NotFound(_)) => {
+                ctx.alloc.undo(reserved).await;
                 Ok(UpdateOutcome::Stale)
             }
-            Err(e) => Err(store_err(res, name, e)),
+            Err(e) => {
+                ctx.alloc.undo(reserved).await;
+                Err(store_err(res, name, e))
+            }
         };
     }
     match ctx
@@ -433,18 +451,14 @@ pub(super) async fn finish_update(
         Ok(kv) => {
             if svc {
                 ctx.alloc
-                    .lock()
-                    .release_diff(&held_by(&old), &held_by(&new));
+                    .release_diff(&held_by(&old), &held_by(&new), &owner)
+                    .await;
             }
             Ok(UpdateOutcome::Written(with_rv(new, kv.mod_revision)))
         }
         Err(e) => {
-            if svc {
-                // Give back what this attempt newly took.
-                ctx.alloc
-                    .lock()
-                    .release_diff(&held_by(&new), &held_by(&old));
-            }
+            // Give back what this attempt newly took.
+            ctx.alloc.undo(reserved).await;
             match e {
                 skiff_store::Error::Conflict { .. } => Ok(UpdateOutcome::Stale),
                 skiff_store::Error::NotFound(_) => {

@@ -1,6 +1,8 @@
 //! Kernel test helpers: the test kit's namespaces, and a TCP probe that reports the source address a server saw.
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -52,4 +54,42 @@ pub fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// iperf3 from `client` to a one-shot server on `server_ip` inside `server`; received Gbit/s.
+pub fn iperf(server: &Netns, server_ip: Ipv4Addr, client: &Netns, seconds: u32) -> f64 {
+    let ip = server_ip.to_string();
+    let mut srv = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &ip,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &client.name,
+        "iperf3",
+        "-c",
+        &ip,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+        / 1e9
 }

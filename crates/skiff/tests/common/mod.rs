@@ -113,6 +113,8 @@ impl TestCluster {
         // Tests send no traffic off this machine: cluster DNS must not forward to the host's resolvers.
         .args(["--dns-upstream", "none"])
         .args(extra)
+        // SKIFF_E2E_BACKEND=bgp (or host-gw, vxlan) runs every suite on that backend unless a test picks one.
+        .args(backend_from_env(extra))
         // --update-kubeconfig must never touch the real ~/.kube/config.
         .env("KUBECONFIG", self.user_kubeconfig());
         cmd.output().expect("running skiff up")
@@ -239,6 +241,16 @@ impl TestCluster {
     }
 }
 
+/// `--backend <SKIFF_E2E_BACKEND>` unless the test's own arguments choose a backend.
+fn backend_from_env(extra: &[&str]) -> Vec<String> {
+    match std::env::var("SKIFF_E2E_BACKEND") {
+        Ok(b) if !b.is_empty() && !extra.iter().any(|a| *a == "--overlay" || *a == "--backend") => {
+            vec!["--backend".into(), b]
+        }
+        _ => Vec::new(),
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         let out = self.down();
@@ -328,4 +340,145 @@ pub fn fixed_addresses_lock() -> std::fs::File {
     let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
     assert_eq!(rc, 0, "locking the e2e lock file");
     file
+}
+
+/// `kubectl create -f` of an inline manifest (written next to the cluster's data dir).
+pub fn create(c: &TestCluster, name: &str, yaml: &str) {
+    let path = c.data_dir.with_file_name(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).expect("writing manifest");
+    let out = c.kubectl(&["create", "-f", &path.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "kubectl create {name}: {}",
+        text(&out)
+    );
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn jsonpath(c: &TestCluster, kind: &str, ns: &str, name: &str, path: &str) -> String {
+    stdout(&c.kubectl(&[
+        "get",
+        kind,
+        "-n",
+        ns,
+        name,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]))
+}
+
+/// Waits until pod `ns/name` is Ready and returns its IP.
+pub fn wait_ready(c: &TestCluster, ns: &str, name: &str) -> String {
+    let ok = wait_until(Duration::from_secs(30), || {
+        jsonpath(
+            c,
+            "pod",
+            ns,
+            name,
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+        ) == "True"
+    });
+    let pod = c.kubectl(&["get", "pod", "-n", ns, name, "-o", "yaml"]);
+    assert!(ok, "pod {ns}/{name} not Ready: {}", text(&pod));
+    jsonpath(c, "pod", ns, name, "{.status.podIP}")
+}
+
+/// A demoapp pod pinned to `node`, labelled `app`.
+pub fn demoapp_pod(ns: &str, name: &str, node: &str, app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    app: {app}
+spec:
+  nodeName: {node}
+  containers:
+  - name: demoapp
+    image: ikubernetes/demoapp:v1.0
+    ports:
+    - name: http
+      containerPort: 80
+---
+"#
+    )
+}
+
+/// `ip args...` in the host; panics with the output when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+}
+
+impl TestCluster {
+    /// Adds node `i` (the next index) to the running cluster as `skiff up` builds one: a namespace on the
+    /// bridge with the next address, and an agent with the arguments of node `i - 1`'s agent, renamed. Its
+    /// pid file lets `skiff down` stop it; the namespace is the cluster's, so `skiff down` removes it.
+    pub fn add_node(&self, i: u32) {
+        let prev = pid_file(&self.data_dir, &format!("node-{}", i - 1));
+        let cmdline =
+            std::fs::read(format!("/proc/{prev}/cmdline")).expect("previous agent's cmdline");
+        let (old_ip, new_ip) = (self.node_ip(i - 1), self.node_ip(i));
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .skip(1)
+            .map(|a| {
+                let a = String::from_utf8_lossy(a).to_string();
+                if a == old_ip {
+                    new_ip.clone()
+                } else {
+                    a.replace(&format!("node-{}", i - 1), &format!("node-{i}"))
+                        .replace(&format!("/nodes/{}/", i - 1), &format!("/nodes/{i}/"))
+                }
+            })
+            .collect();
+        let dir = self.data_dir.join(format!("nodes/{i}"));
+        for d in ["state", "cni/net.d", "cni/bin"] {
+            std::fs::create_dir_all(dir.join(d)).expect("node dirs");
+        }
+        let _ = std::os::unix::fs::symlink(SKIFF, dir.join("cni/bin/skiff-cni"));
+        let ns = self.node_netns(i);
+        let veth = format!("skx{:06x}n{i}", unique() & 0xff_ffff);
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["link", "set", &veth, "master", &bridge_of(&self.name), "up"]);
+        let prefix = format!("{new_ip}/24");
+        let gateway = format!("172.31.{}.1", self.octet);
+        for cmd in [
+            vec!["ip", "link", "set", "lo", "up"],
+            vec!["ip", "addr", "add", &prefix, "dev", "eth0"],
+            vec!["ip", "link", "set", "eth0", "up"],
+            vec!["ip", "route", "add", "default", "via", &gateway],
+            vec!["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
+        ] {
+            let out = in_netns(&ns, &cmd);
+            assert!(out.status.success(), "{cmd:?}: {}", text(&out));
+        }
+        let log =
+            std::fs::File::create(self.data_dir.join(format!("logs/node-{i}.log"))).expect("log");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, SKIFF])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent");
+        // `ip netns exec` execs the agent in place: the child's pid is the agent's.
+        std::fs::write(
+            self.data_dir.join(format!("run/node-{i}.pid")),
+            child.id().to_string(),
+        )
+        .expect("pid file");
+        // `skiff down` ends it; this thread reaps it then.
+        std::thread::spawn(move || child.wait());
+    }
 }
