@@ -23,7 +23,9 @@ pub fn host_config(layout: &Layout) -> Result<String, Error> {
     Ok(bird::render_host(&HostBird {
         cluster: layout.name.clone(),
         router_id: layout.bridge_ip,
-        node_network: layout.node_network,
+        node_networks: std::iter::once((layout.bridge_ip, layout.node_network))
+            .chain(layout.second_bridge_ip().zip(layout.second_network))
+            .collect(),
         local_as: bird::Asn::default(),
         cluster_cidr: layout.cluster_cidr,
         service_cidr: layout.service_cidr,
@@ -174,9 +176,11 @@ pub async fn sessions(socket: &Path) -> Result<Vec<Session>, String> {
 
 /// The host's sessions with the nodes (not the template protocol that accepts them).
 pub async fn host_sessions(layout: &Layout) -> Result<Vec<Session>, String> {
-    sessions(&socket(layout))
-        .await
-        .map(|s| s.into_iter().filter(|s| s.name != "skiff_nodes").collect())
+    sessions(&socket(layout)).await.map(|s| {
+        s.into_iter()
+            .filter(|s| !s.name.starts_with("skiff_nodes"))
+            .collect()
+    })
 }
 
 /// One line: `2/3 Established (mesh_172_30_0_4: Active Socket: Connection refused)`.

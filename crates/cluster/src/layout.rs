@@ -54,6 +54,10 @@ pub struct Layout {
     /// With the bgp backend: the BGP hold time of every session, in seconds.
     #[serde(default = "default_hold_time")]
     pub bgp_hold_time: u16,
+    /// Every second node (node-2, node-4, ...) sits on a second host bridge with this network: nodes on
+    /// two subnets that the host routes between (cross-subnet encapsulation).
+    #[serde(default)]
+    pub second_network: Option<Ipv4Net>,
     pub lb_pool: String,
     pub api_port: u16,
     pub nodes: Vec<NodeLayout>,
@@ -73,6 +77,9 @@ pub struct NodeLayout {
     /// The veth end that stays in the host and is enslaved to the bridge.
     pub host_veth: String,
     pub dir: PathBuf,
+    /// On the second bridge (`Layout::second_network`).
+    #[serde(default)]
+    pub second: bool,
 }
 
 /// Inputs of [`Layout::new`] (the parsed `skiff up` options, defaults already applied).
@@ -87,6 +94,7 @@ pub struct LayoutInput<'a> {
     pub overlay: Overlay,
     pub encapsulation: Encapsulation,
     pub bgp_hold_time: u16,
+    pub second_network: Option<Ipv4Net>,
     pub lb_pool: &'a str,
     pub api_port: u16,
 }
@@ -187,15 +195,25 @@ impl Layout {
             .unwrap_or_else(|| default_data_dir(input.name));
         let bridge = bridge_name(input.name);
         let bridge_ip = nth(net, 1)?;
+        let second_network = input.second_network.map(|n| n.trunc());
+        if let Some(second) = second_network {
+            if second.contains(&net.network()) || net.contains(&second.network()) {
+                return Err(Error::InvalidOption(format!(
+                    "--second-node-network {second} overlaps the node network {net}"
+                )));
+            }
+        }
         let nodes = (1..=input.nodes)
             .map(|i| {
+                let second = second_network.filter(|_| i % 2 == 0);
                 Ok(NodeLayout {
                     index: i,
                     name: format!("node-{i}"),
                     netns: node_netns(input.name, i),
-                    ip: nth(net, 1 + i)?,
+                    ip: nth(second.unwrap_or(net), 1 + i)?,
                     host_veth: host_veth_name(&bridge, i),
                     dir: data_dir.join("nodes").join(i.to_string()),
+                    second: second.is_some(),
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -210,6 +228,7 @@ impl Layout {
             overlay: input.overlay,
             encapsulation: input.encapsulation,
             bgp_hold_time: input.bgp_hold_time,
+            second_network,
             lb_pool: input.lb_pool.to_string(),
             api_port: input.api_port,
             nodes,
@@ -309,7 +328,7 @@ impl Layout {
                 "--encapsulation".into(),
                 self.encapsulation.to_string(),
                 "--bgp-peer".into(),
-                self.bridge_ip.to_string(),
+                self.node_gateway(node).to_string(),
                 "--bgp-hold-time".into(),
                 self.bgp_hold_time.to_string(),
                 "--bgp-service-cidr".into(),
@@ -325,6 +344,33 @@ impl Layout {
             self.service_cidr.to_string(),
         ]);
         args
+    }
+
+    /// The second host bridge (with `second_network`): the bridge's name and a `b`, or a hash-derived name.
+    pub fn second_bridge(&self) -> Option<String> {
+        self.second_network?;
+        Some(if self.bridge.len() < IFNAME_MAX {
+            format!("{}b", self.bridge)
+        } else {
+            format!("sk-{:08x}b", fnv1a(&self.name) as u32)
+        })
+    }
+    /// The host's address on the second bridge.
+    pub fn second_bridge_ip(&self) -> Option<Ipv4Addr> {
+        self.second_network.and_then(|n| nth(n, 1).ok())
+    }
+    /// The node's subnet on its bridge and its default gateway (the host's address on that bridge).
+    pub fn node_subnet(&self, node: &NodeLayout) -> Ipv4Net {
+        match (node.second, self.second_network) {
+            (true, Some(n)) => n,
+            _ => self.node_network,
+        }
+    }
+    pub fn node_gateway(&self, node: &NodeLayout) -> Ipv4Addr {
+        match (node.second, self.second_bridge_ip()) {
+            (true, Some(ip)) => ip,
+            _ => self.bridge_ip,
+        }
     }
 
     /// The host's BIRD (bgp backend): configuration, control socket, pid file and log.
@@ -375,6 +421,7 @@ mod tests {
             overlay: Overlay::Vxlan,
             encapsulation: Encapsulation::None,
             bgp_hold_time: 9,
+            second_network: None,
             lb_pool: "172.30.0.200-172.30.0.250",
             api_port: 6443,
         }
@@ -425,6 +472,34 @@ mod tests {
              --overlay-mode vxlan --cluster-cidr 10.244.0.0/16 --proxy-cluster-cidr 10.244.0.0/16 \
              --proxy-service-cidr 10.96.0.0/12"
         );
+    }
+
+    #[test]
+    fn every_second_node_on_the_second_network() {
+        let mut i = input("dev", 3);
+        i.second_network = Some("172.29.0.0/24".parse().unwrap());
+        i.overlay = Overlay::Bgp;
+        let l = Layout::new(&i).unwrap();
+        let nodes: Vec<String> = l
+            .nodes
+            .iter()
+            .map(|n| format!("{} {} {}", n.name, n.ip, l.node_gateway(n)))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                "node-1 172.30.0.2 172.30.0.1",
+                "node-2 172.29.0.3 172.29.0.1",
+                "node-3 172.30.0.4 172.30.0.1"
+            ]
+        );
+        assert_eq!(l.second_bridge().as_deref(), Some("sk-devb"));
+        assert!(l
+            .agent_args(&l.nodes[1])
+            .join(" ")
+            .contains("--bgp-peer 172.29.0.1 "));
+        i.second_network = Some("172.30.0.0/16".parse().unwrap());
+        assert!(Layout::new(&i).is_err());
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub struct Options {
     /// With --backend bgp: how pod traffic between nodes is encapsulated (Calico's ipipMode / vxlanMode).
     #[arg(long, value_enum, default_value = "none")]
     pub encapsulation: layout::Encapsulation,
+    /// Put every second node (node-2, node-4, ...) on a second host bridge with this network: nodes on two
+    /// subnets that the host routes between (for --encapsulation vxlan-cross-subnet / ipip-cross-subnet).
+    #[arg(long)]
+    pub second_node_network: Option<Ipv4Net>,
     /// With --backend bgp: the BGP hold time in seconds (a stopped node is withdrawn after it).
     #[arg(long, default_value_t = 9)]
     pub bgp_hold_time: u16,
@@ -169,6 +173,7 @@ impl Options {
             overlay: self.overlay,
             encapsulation: self.encapsulation,
             bgp_hold_time: self.bgp_hold_time,
+            second_network: self.second_node_network,
             lb_pool: &self.lb_pool,
             api_port: self.api_port,
         })
@@ -253,6 +258,16 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
     progress.step(&format!("host bridge {}", layout.bridge));
     let handle = net::connect()?;
     let bridge_index = net::create_bridge(&handle, &layout).await?;
+    let second_index = match (
+        layout.second_bridge(),
+        layout.second_bridge_ip(),
+        layout.second_network,
+    ) {
+        (Some(name), Some(ip), Some(n)) => {
+            Some(net::create_named_bridge(&handle, &name, ip, n.prefix_len()).await?)
+        }
+        _ => None,
+    };
     net::write_sysctl("net.ipv4.ip_forward", "1")?;
     progress.done(&format!(
         "bridge {} {}/{}",
@@ -299,7 +314,11 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
             .map_err(|e| Error::Other(format!("node namespace task: {e}")))??;
     }
     for node in &layout.nodes {
-        net::attach_to_bridge(&handle, &node.host_veth, bridge_index).await?;
+        let index = match (node.second, second_index) {
+            (true, Some(i)) => i,
+            _ => bridge_index,
+        };
+        net::attach_to_bridge(&handle, &node.host_veth, index).await?;
     }
     // With BGP the host learns the service CIDR from the nodes instead.
     if let (Some(first), false) = (layout.nodes.first(), layout.overlay == Overlay::Bgp) {
@@ -879,6 +898,7 @@ pub fn find_layout(name: &str, data_dir: Option<&Path>) -> Result<Layout, Error>
         overlay: Overlay::Vxlan,
         encapsulation: layout::Encapsulation::None,
         bgp_hold_time: 9,
+        second_network: None,
         lb_pool: defaults::LOAD_BALANCER_POOL,
         api_port: defaults::API_SERVER_PORT,
     })
@@ -911,6 +931,7 @@ async fn down_layout(layout: &Layout, remove_state: bool) -> Result<DownReport, 
     // anyway in case something still pins a namespace. Routes via the bridge vanish with it.
     let mut links: Vec<String> = layout.nodes.iter().map(|n| n.host_veth.clone()).collect();
     links.push(layout.bridge.clone());
+    links.extend(layout.second_bridge());
     for link in links {
         if net::delete_link(&handle, &link).await? {
             report.links.push(link);

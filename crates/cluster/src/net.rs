@@ -62,7 +62,22 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, Error> {
 
 /// Creates the host bridge with address `.1` of the node network and brings it up.
 pub async fn create_bridge(handle: &Handle, layout: &Layout) -> Result<u32, Error> {
-    let name = &layout.bridge;
+    create_named_bridge(
+        handle,
+        &layout.bridge,
+        layout.bridge_ip,
+        layout.node_network.prefix_len(),
+    )
+    .await
+}
+
+/// Creates bridge `name` with address `ip/prefix` and brings it up.
+pub async fn create_named_bridge(
+    handle: &Handle,
+    name: &str,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<u32, Error> {
     if link_index(handle, name).await?.is_none() {
         handle
             .link()
@@ -76,17 +91,13 @@ pub async fn create_bridge(handle: &Handle, layout: &Layout) -> Result<u32, Erro
         .ok_or_else(|| Error::Other(format!("bridge {name} vanished after creation")))?;
     let addr_res = handle
         .address()
-        .add(
-            index,
-            IpAddr::V4(layout.bridge_ip),
-            layout.node_network.prefix_len(),
-        )
+        .add(index, IpAddr::V4(ip), prefix)
         .execute()
         .await;
     match addr_res {
         Ok(()) => {}
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-        Err(e) => return Err(nl(format!("adding {} to {name}", layout.bridge_ip))(e)),
+        Err(e) => return Err(nl(format!("adding {ip} to {name}"))(e)),
     }
     handle
         .link()
@@ -284,7 +295,11 @@ fn node_thread(layout: &Layout, node: &NodeLayout) -> Result<(), Error> {
             .ok_or_else(|| Error::Other("eth0 missing".into()))?;
         handle
             .address()
-            .add(eth0, IpAddr::V4(node.ip), layout.node_network.prefix_len())
+            .add(
+                eth0,
+                IpAddr::V4(node.ip),
+                layout.node_subnet(node).prefix_len(),
+            )
             .execute()
             .await
             .map_err(nl(format!("adding {} to eth0", node.ip)))?;
@@ -295,14 +310,17 @@ fn node_thread(layout: &Layout, node: &NodeLayout) -> Result<(), Error> {
             .await
             .map_err(nl("setting eth0 up"))?;
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(layout.bridge_ip)
+            .gateway(layout.node_gateway(node))
             .build();
         handle
             .route()
             .add(default)
             .execute()
             .await
-            .map_err(nl(format!("default route via {}", layout.bridge_ip)))?;
+            .map_err(nl(format!(
+                "default route via {}",
+                layout.node_gateway(node)
+            )))?;
         Ok(())
     })
 }

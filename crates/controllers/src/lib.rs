@@ -15,6 +15,7 @@ pub mod events;
 pub mod gc;
 pub mod informer;
 pub mod ipam;
+pub mod leaderelection;
 pub mod loadbalancer;
 pub mod nodelifecycle;
 pub mod queue;
@@ -66,6 +67,28 @@ pub struct Options {
     /// Upper bound of concurrent API writes per controller.
     #[arg(long, default_value_t = 16)]
     pub concurrent_writes: usize,
+    /// Run the controllers and the scheduler only while holding the leader Lease (for several `skiff
+    /// server` processes on one etcd). Off by default: a single server then starts them at once.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// How long a lease holds without renewal before a standby takes it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops its controllers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// Interval between attempts to acquire or renew.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: Duration,
+    /// Name of the Lease object.
+    #[arg(long, default_value = "kube-controller-manager")]
+    pub leader_elect_resource_name: String,
+    /// Namespace of the Lease object.
+    #[arg(long, default_value = "kube-system")]
+    pub leader_elect_resource_namespace: String,
+    /// This candidate's identity in the Lease (default: hostname_random).
+    #[arg(long, hide = true)]
+    pub leader_elect_identity: Option<String>,
 }
 
 impl Default for Options {
@@ -78,6 +101,13 @@ impl Default for Options {
             load_balancer_pool: vec![],
             node_monitor_grace_period: Duration::from_secs(40),
             concurrent_writes: 16,
+            leader_elect: false,
+            leader_elect_lease_duration: leaderelection::LEASE_DURATION,
+            leader_elect_renew_deadline: leaderelection::RENEW_DEADLINE,
+            leader_elect_retry_period: leaderelection::RETRY_PERIOD,
+            leader_elect_resource_name: "kube-controller-manager".into(),
+            leader_elect_resource_namespace: "kube-system".into(),
+            leader_elect_identity: None,
         }
     }
 }
@@ -118,7 +148,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs every controller until one fails: one informer per kind feeding the shared caches, whose handlers
 /// queue the keys each controller must look at again.
-pub async fn run(client: Client, options: Options) -> Result<(), Error> {
+async fn run_controllers(client: Client, options: Options) -> Result<(), Error> {
     let pool = crate::loadbalancer::Pool::parse(&options.load_balancer_pool)
         .map_err(Error::InvalidOption)?;
     if options.node_cidr_mask_size < options.cluster_cidr.prefix_len()
@@ -286,6 +316,37 @@ fn on_daemonset(ctx: &Arc<Ctx>, old: Option<&DaemonSet>, new: Option<&DaemonSet>
         ctx.queues.daemonsets.add(informer::key_of(s));
     }
     crate::gc::on_object(ctx, old.map(|p| &p.metadata), new.map(|p| &p.metadata));
+}
+
+/// Runs every controller until one fails (with `--leader-elect`: only while holding the leader Lease).
+pub async fn run(client: kube::Client, options: Options) -> Result<(), Error> {
+    if !options.leader_elect {
+        return run_controllers(client, options).await;
+    }
+    if options.leader_elect_renew_deadline >= options.leader_elect_lease_duration
+        || options.leader_elect_retry_period >= options.leader_elect_renew_deadline
+    {
+        return Err(Error::InvalidOption(
+            "want --leader-elect-retry-period < --leader-elect-renew-deadline < --leader-elect-lease-duration"
+                .into(),
+        ));
+    }
+    let cfg = leaderelection::Config {
+        namespace: options.leader_elect_resource_namespace.clone(),
+        name: options.leader_elect_resource_name.clone(),
+        identity: options
+            .leader_elect_identity
+            .clone()
+            .unwrap_or_else(leaderelection::default_identity),
+        lease_duration: options.leader_elect_lease_duration,
+        renew_deadline: options.leader_elect_renew_deadline,
+        retry_period: options.leader_elect_retry_period,
+    };
+    let c = client.clone();
+    leaderelection::run_elected(client, cfg, move || {
+        run_controllers(c.clone(), options.clone())
+    })
+    .await
 }
 
 /// The controller ownerReference of an object (at most one), as upstream's metav1.GetControllerOf.

@@ -421,3 +421,84 @@ fn bench_node_join_to_pod_cidr_routable_everywhere() {
         totals[totals.len() - 1] * 1e3
     );
 }
+
+/// Cross-subnet (Calico's CrossSubnet mode, with VXLAN as the tunnel: this kernel has no IP-in-IP): node-2
+/// sits on a second bridge and subnet, routed by the host. Node-1 reaches node-3 (same subnet) by a plain
+/// route and node-2 through the VXLAN device, both installed by BIRD; pods keep their addresses either way.
+#[test]
+fn bgp_cross_subnet_encapsulates_only_between_subnets() {
+    let c = TestCluster::new(3);
+    let second = format!("172.29.{}.0/24", c.octet);
+    let out = c.up(&[
+        "--backend",
+        "bgp",
+        "--encapsulation",
+        "vxlan-cross-subnet",
+        "--second-node-network",
+        &second,
+        "--dns-replicas",
+        "0",
+    ]);
+    assert!(out.status.success(), "skiff up failed: {}", text(&out));
+    let node2_ip = format!("172.29.{}.3", c.octet);
+    let addr = stdout(&c.in_node(2, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]));
+    assert!(addr.contains(&format!("{node2_ip}/24")), "{addr}");
+    let (cidr2, cidr3) = (pod_cidr(&c, "node-2"), pod_cidr(&c, "node-3"));
+    let (mut r2, mut r3) = (String::new(), String::new());
+    let routed = wait_until(Duration::from_secs(30), || {
+        r2 = stdout(&c.in_node(1, &["ip", "-4", "route", "show", &cidr2]));
+        r3 = stdout(&c.in_node(1, &["ip", "-4", "route", "show", &cidr3]));
+        r2.contains("dev skiff.vxlan")
+            && r2.contains("onlink")
+            && r2.contains("proto bird")
+            && r3.contains(&format!("via {} dev eth0 proto bird", c.node_ip(3)))
+    });
+    assert!(
+        routed,
+        "node-1's routes: to node-2 {r2:?}, to node-3 {r3:?}"
+    );
+    let mut m = demoapp_pod("default", "a", "node-1", "a");
+    m += &demoapp_pod("default", "b", "node-2", "b");
+    m += &demoapp_pod("default", "c", "node-3", "c");
+    create(&c, "pods", &m);
+    let a = wait_ready(&c, "default", "a");
+    let b = wait_ready(&c, "default", "b");
+    let cc = wait_ready(&c, "default", "c");
+    for (from, from_ip, to, to_ip) in [("a", &a, "b", &b), ("b", &b, "a", &a), ("a", &a, "c", &cc)]
+    {
+        let mut answer = String::new();
+        wait_until(Duration::from_secs(20), || {
+            answer = stdout(&c.in_pod(
+                "default",
+                from,
+                &["curl", "-s", "-m", "3", &format!("http://{to_ip}/")],
+            ));
+            !answer.is_empty()
+        });
+        assert_eq!(
+            answer,
+            format!("iKubernetes demoapp v1.0 !! ClientIP: {from_ip}, ServerName: {to}, ServerIP: {to_ip}!"),
+            "{from} -> {to}"
+        );
+    }
+    // The host peers with the nodes on both bridges.
+    let mut status = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status = host_table(&c).1;
+            status.contains("sessions 3/3 Established")
+        }),
+        "{status}"
+    );
+    drop(c.down());
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+    let links = std::process::Command::new("ip")
+        .args(["-o", "addr"])
+        .output()
+        .expect("ip");
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    assert!(
+        !links.contains(&format!("172.29.{}.1/", c.octet)),
+        "second bridge left: {links}"
+    );
+}

@@ -322,7 +322,7 @@ fn symbol(prefix: &str, ip: Ipv4Addr) -> String {
 fn quoted(s: &str) -> String {
     let clean: String = s
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ' '))
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ' ' | '/'))
         .collect();
     format!("\"{clean}\"")
 }
@@ -541,7 +541,8 @@ pub fn render(cfg: &NodeBird) -> String {
 pub struct HostBird {
     pub cluster: String,
     pub router_id: Ipv4Addr,
-    pub node_network: Ipv4Net,
+    /// The node networks, each with the host's address on it (BGP sessions are bound to it).
+    pub node_networks: Vec<(Ipv4Addr, Ipv4Net)>,
     pub local_as: Asn,
     pub cluster_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
@@ -553,8 +554,7 @@ pub fn render_host(cfg: &HostBird) -> String {
     let t = cfg.timers;
     let cluster = cfg.cluster_cidr.trunc();
     let services = cfg.service_cidr.trunc();
-    let nodes = cfg.node_network.trunc();
-    format!(
+    let mut out = format!(
         "# BIRD configuration of the host of cluster {}, written by skiff up (backend bgp): the external BGP\n\
          # peer of every node. Learned routes go to kernel table {} (an `ip rule` looks it up first).\n\
          log stderr all;\n\
@@ -575,24 +575,8 @@ pub fn render_host(cfg: &HostBird) -> String {
          # Pod CIDRs, the service CIDR and single addresses (LoadBalancer, external IPs); nothing else.\n\
          filter skiff_nodes_import {{\n\
          \tif net ~ [ {cluster}{{{},32}}, {services}{{{},32}} ] then accept;\n\
-         \tif net.len = 32 && !(net ~ [ {router}/32 ]) then accept;\n\
+         \tif net.len = 32 && !(net ~ [ {}/32 ]) then accept;\n\
          \treject;\n\
-         }}\n\
-         \n\
-         protocol bgp skiff_nodes {{\n\
-         \tdescription {};\n\
-         \tlocal {router} as {};\n\
-         \tneighbor range {nodes} as {};\n\
-         \tdynamic name \"node_\";\n\
-         \tstrict bind yes;\n\
-         \tdirect;\n\
-         \thold time {};\n\
-         \tkeepalive time {};\n\
-         \tipv4 {{\n\
-         \t\timport filter skiff_nodes_import;\n\
-         \t\texport none;\n\
-         \t\tgateway direct;\n\
-         \t}};\n\
          }}\n",
         quoted(&cfg.cluster),
         cfg.kernel_table,
@@ -600,13 +584,48 @@ pub fn render_host(cfg: &HostBird) -> String {
         cfg.kernel_table,
         cluster.prefix_len(),
         services.prefix_len(),
-        quoted(&format!("nodes of cluster {}", cfg.cluster)),
-        cfg.local_as,
-        cfg.local_as,
-        t.hold,
-        t.keepalive,
-        router = cfg.router_id,
-    )
+        cfg.router_id,
+    );
+    for (k, (local, network)) in cfg.node_networks.iter().enumerate() {
+        let (name, dynamic) = if k == 0 {
+            ("skiff_nodes".to_string(), "node_".to_string())
+        } else {
+            (
+                format!("skiff_nodes_{}", k + 1),
+                format!("net{}_node_", k + 1),
+            )
+        };
+        let _ = write!(
+            out,
+            "\n\
+             protocol bgp {name} {{\n\
+             \tdescription {};\n\
+             \tlocal {local} as {};\n\
+             \tneighbor range {} as {};\n\
+             \tdynamic name \"{dynamic}\";\n\
+             \tstrict bind yes;\n\
+             \tdirect;\n\
+             \thold time {};\n\
+             \tkeepalive time {};\n\
+             \tipv4 {{\n\
+             \t\timport filter skiff_nodes_import;\n\
+             \t\texport none;\n\
+             \t\tgateway direct;\n\
+             \t}};\n\
+             }}\n",
+            quoted(&format!(
+                "nodes of cluster {} on {}",
+                cfg.cluster,
+                network.trunc()
+            )),
+            cfg.local_as,
+            network.trunc(),
+            cfg.local_as,
+            t.hold,
+            t.keepalive,
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -866,7 +885,10 @@ protocol bgp peer_172_30_0_1 from skiff_peer {
         HostBird {
             cluster: "skiff".into(),
             router_id: Ipv4Addr::new(172, 30, 0, 1),
-            node_network: "172.30.0.0/24".parse().unwrap(),
+            node_networks: vec![(
+                Ipv4Addr::new(172, 30, 0, 1),
+                "172.30.0.0/24".parse().unwrap(),
+            )],
             local_as: Asn::default(),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             service_cidr: "10.96.0.0/12".parse().unwrap(),
@@ -888,7 +910,7 @@ protocol bgp peer_172_30_0_1 from skiff_peer {
 }
 
 protocol bgp skiff_nodes {
-	description "nodes of cluster skiff";
+	description "nodes of cluster skiff on 172.30.0.0/24";
 	local 172.30.0.1 as 64512;
 	neighbor range 172.30.0.0/24 as 64512;
 	dynamic name "node_";
@@ -932,6 +954,12 @@ protocol bgp skiff_nodes {
         bare.pod_cidr = None;
         texts.push(("bare".into(), render(&bare)));
         texts.push(("host".into(), render_host(&host())));
+        let mut two = host();
+        two.node_networks.push((
+            Ipv4Addr::new(172, 29, 0, 1),
+            "172.29.0.0/24".parse().unwrap(),
+        ));
+        texts.push(("host-two-networks".into(), render_host(&two)));
         for (name, text) in texts {
             let path = dir.path().join(format!("{name}.conf"));
             std::fs::write(&path, &text).unwrap();
