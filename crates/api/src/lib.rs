@@ -5,6 +5,8 @@
 //! - `testing::TestServer::start()` starts a server on an ephemeral loopback port with a temporary store and
 //!   returns its URL, a kubeconfig path and a kube-rs client (for tests of other crates).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod alloc;
 mod discovery;
 mod handlers;

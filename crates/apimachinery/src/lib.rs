@@ -12,6 +12,8 @@
 //! [`selector::FieldSelector::check_supported`] for upstream's `field label not supported` errors), and
 //! [`table::columns`] / [`table::cells`] for `as=Table`.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod apply;
 pub mod defaults;
 pub mod names;

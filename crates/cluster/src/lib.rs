@@ -3,6 +3,8 @@
 //! the host gets routes to pod CIDRs and the service CIDR so that a user reaches pods and Services as on
 //! the seeds' master node. See ARCHITECTURE.md "Embedded cluster layout".
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bgp;
 pub mod kubeconfig;
 pub mod layout;
@@ -360,8 +362,7 @@ async fn up_layout(opts: &Options, layout: &Layout) -> Result<Cluster, Error> {
         &client,
         &handle,
         &layout,
-        &exe,
-        &mut agents,
+        &agents,
         start + timeout,
         &progress,
     )
@@ -536,9 +537,6 @@ async fn wait_http(ip: &str, deadline: Instant) -> Result<(), Error> {
     }
 }
 
-/// How often `skiff up` restarts an agent that exits before its node is Ready.
-const AGENT_RESTARTS: u32 = 3;
-
 /// Waits for the server to write its kubeconfig and answer /readyz; fails early if it exits.
 async fn wait_server(layout: &Layout, pid: u32, deadline: Instant) -> Result<kube::Client, Error> {
     let kubeconfig = layout.kubeconfig();
@@ -616,17 +614,13 @@ fn node_ready(node: &Node) -> bool {
 }
 
 /// Waits until every node of the layout is Ready, installing each node's podCIDR route in the host as
-/// soon as the IPAM controller assigned it. `skiff up` supervises the agents meanwhile as systemd does a
-/// kubelet (Restart=on-failure): an agent that exits is started again, at most [`AGENT_RESTARTS`] times, so
-/// that a transient API error at registration does not fail the whole cluster; beyond that, up fails with
-/// the agent's log.
-#[allow(clippy::too_many_arguments)]
+/// soon as the IPAM controller assigned it. An agent that exits meanwhile fails `skiff up` with its log
+/// (the API retries conflicting Node writes itself, so registration has no transient failure to outlast).
 async fn wait_nodes(
     client: &kube::Client,
     handle: &rtnetlink::Handle,
     layout: &Layout,
-    exe: &Path,
-    agents: &mut BTreeMap<String, u32>,
+    agents: &BTreeMap<String, u32>,
     deadline: Instant,
     progress: &Progress,
 ) -> Result<(), Error> {
@@ -637,36 +631,20 @@ async fn wait_nodes(
         .map(|n| (n.name.as_str(), n.ip))
         .collect();
     let mut routed: BTreeSet<String> = BTreeSet::new();
-    let mut restarts: BTreeMap<String, u32> = BTreeMap::new();
     loop {
         for node in &layout.nodes {
             let Some(&pid) = agents.get(&node.name) else {
                 continue;
             };
-            if procs::is_alive(pid) {
-                continue;
-            }
-            let log = layout.agent_log(node);
-            let count = restarts.entry(node.name.clone()).or_default();
-            if *count >= AGENT_RESTARTS {
+            if !procs::is_alive(pid) {
+                let log = layout.agent_log(node);
                 return Err(Error::Other(format!(
-                    "the agent of {} exited {} times; {}:\n{}",
+                    "the agent of {} exited; {}:\n{}",
                     node.name,
-                    *count + 1,
                     log.display(),
                     procs::log_tail(&log, 20)
                 )));
             }
-            *count += 1;
-            tracing::warn!(node = %node.name, restart = *count, log = %log.display(), "agent exited; starting it again");
-            let pid = procs::spawn_detached(
-                exe,
-                &layout.agent_args(node),
-                &log,
-                Some(&net::netns_path(&node.netns)),
-            )?;
-            procs::write_pid_file(&layout.agent_pid_file(node), pid)?;
-            agents.insert(node.name.clone(), pid);
         }
         let nodes = api
             .list(&ListParams::default())

@@ -2,6 +2,8 @@
 //! CNI plugin list as a container runtime does, and the routes between nodes (VXLAN overlay or host-gw, or
 //! BGP with BIRD).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bgp;
 pub mod config;
 pub mod ipam;

@@ -8,6 +8,9 @@
 //! Pod traffic leaving the cluster's pod CIDR is masqueraded to the node's address (nftables table
 //! `skiff-cni`); pod-to-pod traffic keeps its source address.
 
+// Kernel access that std does not wrap (setns/fork hooks, raw sockets): each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;

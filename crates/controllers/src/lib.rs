@@ -8,6 +8,8 @@
 //! watches from their resourceVersion and relists are diffed, controllers survive API server restarts;
 //! the ReplicaSet controller keeps expectations so it never creates a pod twice.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod context;
 pub mod deployment;
 pub mod endpoints;

@@ -6,6 +6,8 @@
 //! [`wire`] (defensive decoding, size-limited encoding) → [`server`] / [`forward`] / [`watch`] / [`metrics`]
 //! (I/O).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod answer;
 pub mod convert;
 pub mod forward;

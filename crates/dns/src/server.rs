@@ -1,6 +1,9 @@
 //! The I/O shell: UDP and TCP transports over the current [`Snapshot`] (swapped with arc-swap), forwarding,
 //! metrics.
 
+// Kernel access that std does not wrap (setns/fork hooks, raw sockets): each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

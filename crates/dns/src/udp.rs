@@ -9,6 +9,9 @@
 //! The raw `msghdr` arrays (pointers into this struct) are built on the stack inside each call and never
 //! outlive it, so [`Batch`] itself holds no raw pointers and can live across `.await` in a `Send` future.
 
+// Kernel access that std does not wrap (setns/fork hooks, raw sockets): each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::mem::size_of;
 use std::os::fd::RawFd;
@@ -66,6 +69,7 @@ impl Batch {
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         // SAFETY: iovec and mmsghdr are plain old data; zeroed is valid and every used field is set below.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as for the iovecs.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let base = self.bufs.as_mut_ptr();
         for i in 0..BATCH {
@@ -105,6 +109,7 @@ impl Batch {
         let which = &which[..which.len().min(BATCH)];
         // SAFETY: as in `recv`.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as in `recv`.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (k, &i) in which.iter().enumerate() {
             // sendmsg only reads through these pointers; the *mut is what the C struct declares.

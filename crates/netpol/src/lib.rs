@@ -5,6 +5,8 @@
 //! verdict, from the same model). I/O: `apply` (`nft -f -`, counters), `agent` (watch caches, sync loop,
 //! the pod-start gate).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod agent;
 pub mod apply;
 pub mod cidr;

@@ -9,7 +9,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -243,8 +242,8 @@ fn probe_from(netns: &str, addr: SocketAddr, proto: Protocol) -> bool {
     let Ok(f) = std::fs::File::open(format!("/run/netns/{netns}")) else {
         return false;
     };
-    // SAFETY: setns with a descriptor we hold, on a thread of our own.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+    // The thread is our own: entering the namespace changes nothing else.
+    if nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
         return false;
     }
     let mut buf = [0u8; 16];

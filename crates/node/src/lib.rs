@@ -3,6 +3,8 @@
 //! restart back-off, pod status and events, service environment variables, resolv.conf and hosts; and the
 //! built-in `demoapp` server.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod backoff;
 pub mod catalog;
 pub mod demoapp;
@@ -157,6 +159,7 @@ fn ensure_cni_config(options: &Options, pod_cidr: &str) -> Result<(), Error> {
 /// Hand memory freed after a burst of pod starts or deletions back to the kernel. A burst allocates in several
 /// glibc arenas at once (sandbox setups run concurrently on every worker thread); glibc returns an arena's free
 /// pages only when its top chunk is free, so without this the agent's resident size stays at the burst's peak.
+#[allow(unsafe_code)] // malloc_trim: no safe binding
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own arenas under their locks; no pointer is passed.
@@ -164,6 +167,15 @@ fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Each pod's worker by pod uid: the channel that hands it the watched pod, and its task.
+type PodWorkers = std::collections::HashMap<
+    String,
+    (
+        tokio::sync::watch::Sender<Option<std::sync::Arc<k8s_openapi::api::core::v1::Pod>>>,
+        tokio::task::JoinHandle<()>,
+    ),
+>;
 
 /// Run the node agent until the process ends: register the Node, heartbeat, and run the pods bound to it.
 pub async fn run(
@@ -201,18 +213,25 @@ pub async fn run_gated(
     );
 
     let since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    let registered = node::register(&client, &node, &since).await?;
+    let network_ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(has_cni_config(
+        &options.cni_conf_dir,
+    )));
+    let ready_at_start = network_ready.load(std::sync::atomic::Ordering::Relaxed);
+    let registered = node::register(&client, &node, &since, ready_at_start).await?;
     tracing::info!(node = %node.name, ip = %node.ip, "node registered");
     tokio::spawn(node::heartbeat(
         client.clone(),
         node.clone(),
         registered.metadata.uid.clone(),
-        since,
+        since.clone(),
+        network_ready.clone(),
     ));
 
-    if !has_cni_config(&options.cni_conf_dir) {
+    if !ready_at_start {
         let cidr = node::wait_pod_cidr(&client, &node).await;
         ensure_cni_config(&options, &cidr)?;
+        network_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        node::post_status(&client, &node, &since, true).await?;
     }
 
     // Services for the pods' environment variables.
@@ -256,13 +275,7 @@ pub async fn run_gated(
             .into_iter()
             .map(|r| (r.uid.clone(), r))
             .collect();
-    let mut workers: HashMap<
-        String,
-        (
-            tokio::sync::watch::Sender<Option<std::sync::Arc<Pod>>>,
-            tokio::task::JoinHandle<()>,
-        ),
-    > = HashMap::new();
+    let mut workers: PodWorkers = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
     let mut listed: HashSet<String> = HashSet::new();
     let mut first_list_done = false;
@@ -301,14 +314,7 @@ pub async fn run_gated(
                 continue;
             }
         };
-        let mut apply = |pod: Pod,
-                         workers: &mut HashMap<
-            _,
-            (
-                tokio::sync::watch::Sender<Option<std::sync::Arc<Pod>>>,
-                tokio::task::JoinHandle<()>,
-            ),
-        >| {
+        let mut apply = |pod: Pod, workers: &mut PodWorkers| {
             let Some(uid) = pod.metadata.uid.clone() else {
                 return;
             };

@@ -2,6 +2,9 @@
 //! plugins work with them), and running blocking code inside one on a thread of its own: setns/unshare never
 //! happen on a tokio worker.
 
+// Kernel access that std does not wrap (setns/fork hooks, raw sockets): each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;

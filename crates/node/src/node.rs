@@ -88,7 +88,13 @@ fn condition(
     }
 }
 
-pub fn status(node: &NodeIdentity, since: &Time) -> NodeStatus {
+/// Upstream kubelet's Ready condition while the runtime has no network configuration yet.
+pub const NETWORK_NOT_READY: &str = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized";
+
+/// The Node status this agent posts; Ready only once the CNI network configuration exists (`network_ready`),
+/// as the kubelet reports NetworkPluginNotReady until then, so nothing is scheduled onto a node that cannot
+/// give pods a network yet.
+pub fn status(node: &NodeIdentity, since: &Time, network_ready: bool) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -141,14 +147,25 @@ pub fn status(node: &NodeIdentity, since: &Time) -> NodeStatus {
                 since,
                 &now,
             ),
-            condition(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-                since,
-                &now,
-            ),
+            if network_ready {
+                condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                    since,
+                    &now,
+                )
+            } else {
+                condition(
+                    "Ready",
+                    "False",
+                    "KubeletNotReady",
+                    NETWORK_NOT_READY,
+                    since,
+                    &now,
+                )
+            },
         ]),
         node_info: Some(NodeSystemInfo {
             machine_id: read_trim("/etc/machine-id"),
@@ -175,6 +192,7 @@ pub async fn register(
     client: &kube::Client,
     node: &NodeIdentity,
     since: &Time,
+    network_ready: bool,
 ) -> Result<Node, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
     let annotations: BTreeMap<String, String> = [(
@@ -200,16 +218,17 @@ pub async fn register(
         }
         Err(e) => return Err(e),
     }
-    post_status(client, node, since).await
+    post_status(client, node, since, network_ready).await
 }
 
 pub async fn post_status(
     client: &kube::Client,
     node: &NodeIdentity,
     since: &Time,
+    network_ready: bool,
 ) -> Result<Node, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
-    let patch = serde_json::json!({"status": status(node, since)});
+    let patch = serde_json::json!({"status": status(node, since, network_ready)});
     // Strategic merge, as kubelet: conditions merge by type, so others' (NetworkUnavailable) stay.
     api.patch_status(
         &node.name,
@@ -246,6 +265,7 @@ pub async fn heartbeat(
     node: NodeIdentity,
     node_uid: Option<String>,
     since: Time,
+    network_ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut ticks = 0u32;
@@ -287,7 +307,8 @@ pub async fn heartbeat(
             Err(err) => tracing::warn!(%err, "renewing node lease"),
         }
         if ticks % 6 == 5 {
-            if let Err(err) = post_status(&client, &node, &since).await {
+            let ready = network_ready.load(std::sync::atomic::Ordering::Relaxed);
+            if let Err(err) = post_status(&client, &node, &since, ready).await {
                 tracing::warn!(%err, "posting node status");
             }
         }

@@ -2,6 +2,9 @@
 //! (pre_exec), never on an agent thread: join the pod's network namespace, get a UTS namespace with the pod's
 //! hostname and a private mount namespace where the pod's resolv.conf and hosts cover the node's.
 
+// Kernel access that std does not wrap (setns/fork hooks, raw sockets): each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -222,6 +225,7 @@ pub async fn wait_foreign(pid: i32, ticks: u64) {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
     if fd < 0 || !alive(pid, ticks) {
         if fd >= 0 {
+            // SAFETY: closes the descriptor pidfd_open just gave us, once.
             unsafe { libc::close(fd) };
         }
         return;

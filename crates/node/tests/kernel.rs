@@ -386,7 +386,7 @@ async fn scenario() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(log.starts_with(&format!("iKubernetes demoapp v1.0 !! ClientIP: 127.0.0.1, ServerName: demo, ServerIP: 127.0.0.1!\ndemo\nsearch default.svc.cluster.local svc.cluster.local cluster.local")), "{log}");
+    assert!(log.starts_with("iKubernetes demoapp v1.0 !! ClientIP: 127.0.0.1, ServerName: demo, ServerIP: 127.0.0.1!\ndemo\nsearch default.svc.cluster.local svc.cluster.local cluster.local"), "{log}");
     assert!(
         log.contains("\nnameserver 10.96.0.10\noptions ndots:5\n"),
         "{log}"

@@ -344,6 +344,7 @@ async fn main() {
     );
     let rss_before_drop = rss_mb();
     drop(p);
+    #[allow(unsafe_code)] // malloc_trim: no safe binding
     // SAFETY: malloc_trim only returns free heap pages to the system.
     unsafe {
         libc::malloc_trim(0);

@@ -3,6 +3,9 @@
 //! (tests and benchmarks): commands through `ip netns exec`, netlink from a short-lived thread of its own that
 //! enters the namespace, so no runtime thread ever changes namespace.
 
+// Kernel access that std does not wrap (setns/fork hooks, raw sockets): each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::net::IpAddr;
 use std::process::Stdio;
 use std::sync::Arc;

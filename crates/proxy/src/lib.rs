@@ -3,6 +3,8 @@
 //! `nft -f -` for full syncs and structural changes, a netlink batch (`netlink`) for endpoint moves. Also: stale UDP conntrack cleanup, health-check node
 //! ports for `externalTrafficPolicy: Local`, LoadBalancer address announcement, and Prometheus metrics.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod announce;
 pub mod apply;
 pub mod http;

@@ -7,6 +7,9 @@
 //! `encode` is pure (unit-tested byte layouts; the kernel tests compare `nft list` after a netlink batch with the
 //! same change applied by `nft -f`); `apply` does the socket I/O.
 
+// Kernel access that std does not wrap (setns/fork hooks, raw sockets): each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::net::Ipv4Addr;
 
 use crate::model::Protocol;

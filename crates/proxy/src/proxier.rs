@@ -418,8 +418,9 @@ impl Proxier {
         if report.full {
             // A full sync at scale allocates a transient script and fragments of tens of MB; hand the freed
             // memory back to the system instead of keeping it mapped for the agent's lifetime.
-            // SAFETY: malloc_trim has no preconditions; it only releases free heap pages.
             #[cfg(target_env = "gnu")]
+            #[allow(unsafe_code)] // malloc_trim: no safe binding
+            // SAFETY: malloc_trim has no preconditions; it only releases free heap pages.
             unsafe {
                 libc::malloc_trim(0);
             }

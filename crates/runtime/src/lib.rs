@@ -1,6 +1,8 @@
 //! Shared runtime for Skiff's API clients: cluster-wide defaults, the names Skiff's components agree on,
 //! building a kube-rs client from a kubeconfig, and a bounded-frequency sync trigger.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod defaults;
 pub mod gate;

@@ -50,12 +50,9 @@ fn curl(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn signal(pids: impl IntoIterator<Item = u32>, sig: i32) {
+fn signal(pids: impl IntoIterator<Item = u32>, sig: nix::sys::signal::Signal) {
     for pid in pids {
-        // SAFETY: kill(2) on pids of this test's own cluster.
-        unsafe {
-            libc::kill(pid as i32, sig);
-        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
     }
 }
 
@@ -191,13 +188,13 @@ fn bgp_routes_pods_announces_load_balancers_and_withdraws_a_stopped_node() {
         "node-3's processes: {bird3:?} {agent3}"
     );
     let frozen: Vec<u32> = bird3.iter().copied().chain([agent3]).collect();
-    signal(frozen.iter().copied(), libc::SIGSTOP);
+    signal(frozen.iter().copied(), nix::sys::signal::Signal::SIGSTOP);
     let withdrawn = wait_until(Duration::from_secs(30), || {
         route = host_route(&table, &lb);
         !route.contains(&c.node_ip(3)) && route.contains(&c.node_ip(2))
     });
     let answers: Vec<String> = (0..5).map(|_| curl(&format!("http://{lb}/"))).collect();
-    signal(frozen.iter().copied(), libc::SIGCONT);
+    signal(frozen.iter().copied(), nix::sys::signal::Signal::SIGCONT);
     assert!(withdrawn, "node-3 still announces {lb}: {route}");
     for a in &answers {
         assert!(a.contains("ServerName: b"), "{answers:?}");

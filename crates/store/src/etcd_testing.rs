@@ -38,6 +38,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<(Command, SpawnReply)>> {
     })
 }
 
+#[allow(unsafe_code)] // a fork hook: std has no parent-death signal
 fn spawn(mut cmd: Command) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.

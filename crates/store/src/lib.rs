@@ -6,6 +6,8 @@
 //! start from a revision and see every later event, or fail with [`Error::TooOld`] when that revision has left
 //! the in-memory history window (the API server maps that to 410 Gone).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod etcd_store;
 pub mod etcd_testing;
 mod redb_store;

@@ -134,9 +134,10 @@ pub(super) fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v["metadata"].is_object() {
         v["metadata"] = json!({});
     }
-    v["metadata"]
-        .as_object_mut()
-        .expect("metadata was just made an object")
+    match &mut v["metadata"] {
+        Value::Object(m) => m,
+        _ => unreachable!("metadata was just made an object"),
+    }
 }
 
 pub(super) fn name_of(v: &Value) -> &str {

@@ -1,6 +1,9 @@
 //! Running BIRD: one `bird -f` child per node in the node's network namespace, with its own control socket in
 //! the agent's data dir; reconfiguration through `birdc configure`; its stderr forwarded to the agent's log.
 
+// Fork hooks (setns, parent-death signal) and signalling our own child: each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

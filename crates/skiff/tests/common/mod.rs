@@ -329,17 +329,17 @@ pub fn pid_file(dir: &Path, name: &str) -> u32 {
 
 /// Tests that apply manifests with fixed ClusterIPs / external IPs (the seed demos) take this lock: two such
 /// clusters at once would both route the same addresses from the host.
-pub fn fixed_addresses_lock() -> std::fs::File {
+pub fn fixed_addresses_lock() -> nix::fcntl::Flock<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open("/run/lock/skiff-e2e-fixed-addresses.lock")
         .expect("opening the e2e lock file");
-    // SAFETY: flock on a descriptor we own and keep open; blocks until the other test releases it.
-    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "locking the e2e lock file");
-    file
+    // Blocks until the other test releases it (its guard is dropped).
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("locking the e2e lock file")
 }
 
 /// `kubectl create -f` of an inline manifest (written next to the cluster's data dir).
