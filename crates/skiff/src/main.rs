@@ -30,7 +30,7 @@ enum Command {
     /// Show a cluster's server, nodes and system pods.
     Status(skiff_cluster::StatusOptions),
     /// The control plane: API server and controllers in one process.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// The node agent (kubelet) of one node.
     Agent(Box<AgentArgs>),
     /// Cluster DNS (the `skiff/dns` image).
