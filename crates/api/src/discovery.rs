@@ -1,4 +1,4 @@
-//! Discovery documents (aggregated v2 and legacy), OpenAPI v3 and /version, all derived from the registry.
+//! Discovery documents (aggregated v2 and legacy) and /version, all derived from the registry (OpenAPI: `openapi`).
 
 use crate::registry::{self, Resource, Sub};
 use serde_json::{json, Value};
@@ -179,95 +179,6 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
     )
-}
-
-fn gv_path(g: &str, v: &str) -> String {
-    if g.is_empty() {
-        format!("api/{v}")
-    } else {
-        format!("apis/{g}/{v}")
-    }
-}
-
-/// A stable hash of the document set, so kubectl's OpenAPI cache is invalidated when the server changes.
-const OPENAPI_HASH: &str = "skiff-1";
-
-pub fn openapi_root() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, v) in registry::group_versions() {
-        let p = gv_path(g, v);
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={OPENAPI_HASH}")}),
-        );
-    }
-    json!({"paths": paths})
-}
-
-/// A group-version OpenAPI v3 document: one path per resource with its operations carrying
-/// `x-kubernetes-group-version-kind` and the `fieldValidation` parameter (what kubectl looks for to decide
-/// that the server validates fields), plus an open schema per kind.
-pub fn openapi_group_version(path: &str) -> Option<Value> {
-    let (g, v) = registry::group_versions()
-        .into_iter()
-        .find(|(g, v)| gv_path(g, v) == path)?;
-    let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
-    for r in registry::in_group_version(g, v) {
-        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let schema_name = format!(
-            "io.k8s.skiff.{}.{}.{}",
-            if g.is_empty() { "core" } else { g },
-            v,
-            r.kind
-        );
-        let schema_ref = json!({"$ref": format!("#/components/schemas/{schema_name}")});
-        let fv = json!({"name": "fieldValidation", "in": "query", "description": "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.", "schema": {"type": "string", "uniqueItems": true}});
-        let op = |verb: &str| {
-            json!({
-                "operationId": format!("{verb}{}", r.kind),
-                "parameters": [fv.clone()],
-                "requestBody": {"content": {"application/json": {"schema": schema_ref.clone()}}},
-                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema_ref.clone()}}}},
-                "x-kubernetes-action": verb,
-                "x-kubernetes-group-version-kind": gvk.clone(),
-            })
-        };
-        let base = format!("/{}/", gv_path(g, v));
-        let item = if r.namespaced {
-            format!("{base}namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}{}/{{name}}", r.plural)
-        };
-        paths.insert(item, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
-        let coll = if r.namespaced {
-            format!("{base}namespaces/{{namespace}}/{}", r.plural)
-        } else {
-            format!("{base}{}", r.plural)
-        };
-        paths.insert(coll, json!({"post": op("post")}));
-        schemas.insert(
-            schema_name,
-            json!({
-                "description": format!("{} ({}).", r.kind, r.api_version()),
-                "type": "object",
-                "properties": {
-                    "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
-                    "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
-                    "metadata": {"type": "object", "description": "Standard object's metadata.", "x-kubernetes-preserve-unknown-fields": true},
-                    "spec": {"type": "object", "description": "Spec defines the desired state.", "x-kubernetes-preserve-unknown-fields": true},
-                    "status": {"type": "object", "description": "Status is the observed state.", "x-kubernetes-preserve-unknown-fields": true}
-                },
-                "x-kubernetes-group-version-kind": [gvk],
-            }),
-        );
-    }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.32.4-skiff"},
-        "paths": paths,
-        "components": {"schemas": schemas},
-    }))
 }
 
 #[cfg(test)]

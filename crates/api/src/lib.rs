@@ -10,6 +10,7 @@
 mod alloc;
 mod discovery;
 mod handlers;
+mod openapi;
 mod pki;
 mod registry;
 mod reservations;

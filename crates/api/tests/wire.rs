@@ -140,7 +140,31 @@ async fn auth_version_health_discovery() {
     assert!(json(&r)["paths"]["apis/apps/v1"]["serverRelativeURL"]
         .as_str()
         .is_some_and(|u| u.starts_with("/openapi/v3/apis/apps/v1?hash=")));
-    assert_eq!(c.req("GET", "/openapi/v2", &[], None, true).await.code, 404);
+    // /openapi/v2: upstream's definitions, as JSON or as the protobuf kubectl asks for first.
+    let r = c.req("GET", "/openapi/v2", &[], None, true).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(
+        json(&r)["definitions"]["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"]["items"]
+            ["$ref"],
+        "#/definitions/io.k8s.api.core.v1.ServicePort"
+    );
+    let r = c
+        .req(
+            "GET",
+            "/openapi/v2",
+            &["Accept: application/com.github.proto-openapi.spec.v2@v1.0+protobuf"],
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(r.code, 200);
+    assert!(
+        r.headers.contains(
+            "content-type: application/com.github.proto-openapi.spec.v2.v1.0+protobuf\r\n"
+        ),
+        "{}",
+        r.headers
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

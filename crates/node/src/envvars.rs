@@ -1,7 +1,9 @@
 //! Container environment: the service environment variables kubelet injects (Docker-links style), the
 //! container's own `env` with the downward API fields, and `$(VAR)` expansion. Pure.
 
-use k8s_openapi::api::core::v1::{Container, Service};
+use crate::resources::{self, ResourceError};
+use crate::sources::{Kind, PodSources, SourceError};
+use k8s_openapi::api::core::v1::{Container, EnvVarSource, Service};
 use std::collections::BTreeMap;
 
 /// What the downward API can read about the pod at container start.
@@ -16,14 +18,29 @@ pub struct PodFacts {
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// The node's allocatable resources (`resourceFieldRef` limits default to them).
+    pub allocatable: BTreeMap<String, String>,
 }
 
+/// Why a container's environment cannot be built: kubelet then reports `CreateContainerConfigError` with
+/// this message (upstream's words).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
     #[error("unsupported fieldRef {0:?} in env var {1:?}")]
     UnsupportedField(String, String),
-    #[error("env var {0:?}: configMapKeyRef / secretKeyRef / resourceFieldRef are not supported by skiff")]
-    UnsupportedSource(String),
+    #[error("env var {0:?} has an empty valueFrom")]
+    EmptySource(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
+    MissingKey {
+        kind: &'static str,
+        key: String,
+        namespace: String,
+        name: String,
+    },
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
 }
 
 fn env_name(service_name: &str) -> String {
@@ -148,7 +165,7 @@ pub fn expand(input: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
-fn field_value(facts: &PodFacts, path: &str) -> Option<String> {
+pub fn field_value(facts: &PodFacts, path: &str) -> Option<String> {
     Some(match path {
         "metadata.name" => facts.name.clone(),
         "metadata.namespace" => facts.namespace.clone(),
@@ -175,12 +192,79 @@ fn field_value(facts: &PodFacts, path: &str) -> Option<String> {
     })
 }
 
-/// The container's final environment in order: service variables first, then the container's `env` (later
-/// entries override earlier ones of the same name, each value expanded against what came before).
+/// An environment variable name kubelet accepts from `envFrom` (relaxed validation: any printable
+/// characters but `=`).
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=') && name.chars().all(|c| (' '..='~').contains(&c))
+}
+
+fn source_value(
+    container: &Container,
+    var_name: &str,
+    source: &EnvVarSource,
+    facts: &PodFacts,
+    sources: &PodSources,
+) -> Result<Option<String>, EnvError> {
+    if let Some(field) = &source.field_ref {
+        return field_value(facts, &field.field_path)
+            .map(Some)
+            .ok_or_else(|| EnvError::UnsupportedField(field.field_path.clone(), var_name.into()));
+    }
+    if let Some(r) = &source.resource_field_ref {
+        let value = resources::container_resource(
+            container,
+            &r.resource,
+            r.divisor.as_ref().map(|d| d.0.as_str()),
+            &facts.allocatable,
+        )?;
+        return Ok(Some(value));
+    }
+    let (kind, name, key, optional) = if let Some(r) = &source.config_map_key_ref {
+        (
+            Kind::ConfigMap,
+            &r.name,
+            &r.key,
+            r.optional.unwrap_or(false),
+        )
+    } else if let Some(r) = &source.secret_key_ref {
+        (Kind::Secret, &r.name, &r.key, r.optional.unwrap_or(false))
+    } else {
+        return Err(EnvError::EmptySource(var_name.into()));
+    };
+    let Some(data) = sources.lookup(kind, &facts.namespace, name, optional)? else {
+        return Ok(None);
+    };
+    // A ConfigMap's env values come from `data` only (binaryData is for volumes), a Secret's from `data`.
+    let value = match kind {
+        Kind::ConfigMap => data.strings.get(key).cloned(),
+        Kind::Secret => data
+            .bytes
+            .get(key)
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+    };
+    match value {
+        Some(v) => Ok(Some(v)),
+        None if optional => Ok(None),
+        None => Err(EnvError::MissingKey {
+            kind: match kind {
+                Kind::ConfigMap => "ConfigMap",
+                Kind::Secret => "Secret",
+            },
+            key: key.clone(),
+            namespace: facts.namespace.clone(),
+            name: name.clone(),
+        }),
+    }
+}
+
+/// The container's final environment in order: service variables first, then `envFrom` (each source in
+/// order, keys sorted, with its prefix), then the container's `env` (later entries override earlier ones of
+/// the same name, each value expanded against what came before), as kubelet's `makeEnvironmentVariables`.
 pub fn container_env(
     container: &Container,
     facts: &PodFacts,
     service_vars: &[(String, String)],
+    sources: &PodSources,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let mut env: Vec<(String, String)> = service_vars.to_vec();
     let mut index: BTreeMap<String, usize> = env
@@ -188,25 +272,62 @@ pub fn container_env(
         .enumerate()
         .map(|(i, (k, _))| (k.clone(), i))
         .collect();
-    for var in container.env.as_deref().unwrap_or_default() {
-        let value = if let Some(source) = &var.value_from {
-            match &source.field_ref {
-                Some(field) => field_value(facts, &field.field_path).ok_or_else(|| {
-                    EnvError::UnsupportedField(field.field_path.clone(), var.name.clone())
-                })?,
-                None => return Err(EnvError::UnsupportedSource(var.name.clone())),
-            }
+    let mut set = |env: &mut Vec<(String, String)>, name: &str, value: String| match index.get(name)
+    {
+        Some(&i) => env[i].1 = value,
+        None => {
+            index.insert(name.to_string(), env.len());
+            env.push((name.to_string(), value));
+        }
+    };
+    for from in container.env_from.as_deref().unwrap_or_default() {
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        let (kind, name, optional) = if let Some(r) = &from.config_map_ref {
+            (Kind::ConfigMap, &r.name, r.optional.unwrap_or(false))
+        } else if let Some(r) = &from.secret_ref {
+            (Kind::Secret, &r.name, r.optional.unwrap_or(false))
         } else {
-            let lookup = |name: &str| index.get(name).map(|&i| env[i].1.clone());
-            expand(var.value.as_deref().unwrap_or_default(), &lookup)
+            continue;
         };
-        match index.get(&var.name) {
-            Some(&i) => env[i].1 = value,
-            None => {
-                index.insert(var.name.clone(), env.len());
-                env.push((var.name.clone(), value));
+        let Some(data) = sources.lookup(kind, &facts.namespace, name, optional)? else {
+            continue;
+        };
+        let pairs: Vec<(String, String)> = match kind {
+            Kind::ConfigMap => data
+                .strings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            Kind::Secret => data
+                .bytes
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+        };
+        for (k, v) in pairs {
+            let var = format!("{prefix}{k}");
+            if valid_env_name(&var) {
+                set(&mut env, &var, v);
             }
         }
+    }
+    for var in container.env.as_deref().unwrap_or_default() {
+        let value = if let Some(source) = &var.value_from {
+            match source_value(container, &var.name, source, facts, sources)? {
+                Some(v) => v,
+                // An optional reference to something missing: the variable is left out.
+                None => continue,
+            }
+        } else {
+            let lookup = |name: &str| {
+                env.iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            expand(var.value.as_deref().unwrap_or_default(), &lookup)
+        };
+        set(&mut env, &var.name, value);
     }
     Ok(env)
 }
@@ -402,7 +523,7 @@ mod tests {
         };
         let svc = vec![("WEB_SERVICE_PORT".to_string(), "80".to_string())];
         assert_eq!(
-            render(&container_env(&container, &facts, &svc).unwrap()),
+            render(&container_env(&container, &facts, &svc, &PodSources::default()).unwrap()),
             "WEB_SERVICE_PORT=override\n\
              MY_POD_NAME=demo\n\
              MY_POD_NAMESPACE=web\n\
@@ -418,8 +539,114 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            container_env(&bad, &facts, &[]).unwrap_err(),
+            container_env(&bad, &facts, &[], &PodSources::default()).unwrap_err(),
             EnvError::UnsupportedField("status.phase".into(), "X".into())
+        );
+    }
+
+    #[test]
+    fn config_map_and_secret_references() {
+        use crate::sources::{Data, Fetched};
+        use k8s_openapi::api::core::v1::{
+            ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, SecretEnvSource,
+            SecretKeySelector,
+        };
+        let mut sources = PodSources::default();
+        sources.objects.insert(
+            (Kind::ConfigMap, "app".into()),
+            Fetched::Found(Data {
+                strings: [("LOG_LEVEL", "debug"), ("bad=name", "x"), ("mode", "fast")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                bytes: Default::default(),
+            }),
+        );
+        sources.objects.insert(
+            (Kind::Secret, "db".into()),
+            Fetched::Found(Data {
+                strings: Default::default(),
+                bytes: [("password".to_string(), b"s3cr3t".to_vec())].into(),
+            }),
+        );
+        let cm_key = |name: &str, cm: &str, key: &str, optional: Option<bool>| EnvVar {
+            name: name.into(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: cm.into(),
+                    key: key.into(),
+                    optional,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let container = Container {
+            name: "c".into(),
+            env_from: Some(vec![
+                EnvFromSource {
+                    config_map_ref: Some(ConfigMapEnvSource {
+                        name: "app".into(),
+                        optional: None,
+                    }),
+                    prefix: Some("APP_".into()),
+                    ..Default::default()
+                },
+                EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: "missing".into(),
+                        optional: Some(true),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            env: Some(vec![
+                cm_key("LEVEL", "app", "LOG_LEVEL", None),
+                cm_key("NOPE", "app", "absent", Some(true)),
+                EnvVar {
+                    name: "DB_PASSWORD".into(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: "db".into(),
+                            key: "password".into(),
+                            optional: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        let facts = PodFacts {
+            namespace: "web".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            render(&container_env(&container, &facts, &[], &sources).unwrap()),
+            "APP_LOG_LEVEL=debug\nAPP_mode=fast\nLEVEL=debug\nDB_PASSWORD=s3cr3t\n"
+        );
+        let missing_key = Container {
+            name: "c".into(),
+            env: Some(vec![cm_key("X", "app", "absent", None)]),
+            ..Default::default()
+        };
+        assert_eq!(
+            container_env(&missing_key, &facts, &[], &sources)
+                .unwrap_err()
+                .to_string(),
+            "couldn't find key absent in ConfigMap web/app"
+        );
+        let missing_cm = Container {
+            name: "c".into(),
+            env: Some(vec![cm_key("X", "other", "k", None)]),
+            ..Default::default()
+        };
+        assert_eq!(
+            container_env(&missing_cm, &facts, &[], &sources)
+                .unwrap_err()
+                .to_string(),
+            "configmap \"other\" not found"
         );
     }
 }

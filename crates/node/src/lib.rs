@@ -13,12 +13,17 @@ pub mod envvars;
 pub mod status;
 
 mod events;
+pub mod lifecycle;
 pub mod netns;
 pub mod node;
 mod pod;
 pub mod probe;
+pub mod resources;
+pub mod security;
+pub mod sources;
 pub mod spawn;
 pub mod state;
+pub mod volumes;
 
 use std::path::PathBuf;
 

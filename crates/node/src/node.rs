@@ -41,7 +41,7 @@ fn os_image() -> String {
 }
 
 /// Memory capacity as kubelet reports it (MemTotal in Ki).
-fn memory_capacity() -> String {
+pub(crate) fn memory_capacity() -> String {
     let kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {

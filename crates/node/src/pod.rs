@@ -28,6 +28,7 @@ use tokio::time::Instant;
 enum ProbeKind {
     Readiness,
     Liveness,
+    Startup,
 }
 
 enum Msg {
@@ -55,6 +56,8 @@ struct Proc {
 
 struct ContainerRt {
     spec: Container,
+    /// An init container (they come first, in spec order, and run one at a time to completion).
+    init: bool,
     gen: u64,
     proc: Option<Proc>,
     state: ContainerState,
@@ -122,6 +125,10 @@ pub(crate) struct Worker {
     published: Option<PodStatus>,
     start_time: Time,
     terminating: bool,
+    /// The ConfigMaps and Secrets the pod refers to, as last read.
+    sources: crate::sources::PodSources,
+    /// Why the pod's volumes could not be set up (containers wait until they can).
+    volume_error: Option<String>,
 }
 
 impl Worker {
@@ -152,6 +159,11 @@ impl Worker {
                 .entry(c.spec.name.clone())
                 .or_default();
             entry.restart_count = c.restart_count;
+            entry.completed = c.init
+                && c.state
+                    .terminated
+                    .as_ref()
+                    .is_some_and(|t| t.exit_code == 0);
             entry.running = c.proc.as_ref().map(|p| ProcRecord {
                 pid: p.pid,
                 start_ticks: p.ticks,
@@ -293,6 +305,17 @@ impl Worker {
                 .unwrap_or_else(|| "default".into()),
             labels: self.pod.metadata.labels.clone().unwrap_or_default(),
             annotations: self.pod.metadata.annotations.clone().unwrap_or_default(),
+            allocatable: [
+                (
+                    "cpu".to_string(),
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                        .to_string(),
+                ),
+                ("memory".to_string(), crate::node::memory_capacity()),
+            ]
+            .into(),
         }
     }
 
@@ -325,8 +348,15 @@ impl Worker {
         let services = self.ctx.services.state();
         let service_vars =
             envvars::services_env(&self.ns, links, services.iter().map(|s| s.as_ref()));
-        let mut env = envvars::container_env(c, &self.facts(), &service_vars)
-            .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+        let config_error = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let mut env = envvars::container_env(c, &self.facts(), &service_vars, &self.sources)
+            .map_err(|e| config_error(e.to_string()))?;
+        let pod_spec = self.pod.spec.clone().unwrap_or_default();
+        let mounts =
+            crate::volumes::container_mounts(c, &pod_spec, &self.dir()).map_err(config_error)?;
+        let pod_ref = format!("{}_{}({})", self.name, self.ns, self.uid);
+        let user = crate::security::container_user(&pod_spec, c, &pod_ref)
+            .map_err(|e| config_error(e.to_string()))?;
         let lookup = |name: &str| {
             env.iter()
                 .rev()
@@ -366,6 +396,8 @@ impl Worker {
                 .clone()
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
+            mounts,
+            user,
             ..self.base_spawn()
         })
     }
@@ -387,7 +419,7 @@ impl Worker {
                     Some(&c.name),
                     "Warning",
                     "Failed",
-                    format!("Error: {reason}: {message}"),
+                    format!("Error: {message}"),
                 );
                 return;
             }
@@ -416,6 +448,10 @@ impl Worker {
             log: Some(log),
             ..spec
         };
+        if let Err(err) = crate::volumes::ensure_mount_points(&self.dir(), &spec.mounts) {
+            // The mount in the child then fails and says so in the container's StartError.
+            tracing::warn!(pod = %self.name, %err, "creating mount points");
+        }
         let gen = self.containers[idx].gen + 1;
         self.containers[idx].gen = gen;
         let started_at = now();
@@ -493,68 +529,19 @@ impl Worker {
         self.save();
     }
 
-    /// Mark a container running (started now or adopted) and start its probes.
+    /// Mark a container running (started now or adopted) and start its probes: the startup probe alone
+    /// first when there is one (the others start once it succeeds), as kubelet does.
     fn running(&mut self, idx: usize, proc: Proc, mut tasks: Vec<JoinHandle<()>>) {
-        let gen = self.containers[idx].gen;
         let c = self.containers[idx].spec.clone();
-        let pod_ip = self
-            .pod_ips
-            .first()
-            .and_then(|ip| ip.parse().ok())
-            .unwrap_or(self.ctx.node.ip);
-        for (kind, probe) in [
-            (ProbeKind::Readiness, &c.readiness_probe),
-            (ProbeKind::Liveness, &c.liveness_probe),
-        ] {
-            let Some(probe) = probe.clone() else { continue };
-            let exec = probe.exec.as_ref().map(|e| {
-                self.process_spec(&c, e.command.as_deref().unwrap_or_default(), &[])
-                    .ok()
-            });
-            let target = Target {
-                pod_ip,
-                netns: self.netns_path.clone(),
-                pid: proc.pid,
-                exec: exec.flatten(),
-            };
-            let tx = self.tx.clone();
-            let container = c.clone();
-            tasks.push(tokio::spawn(async move {
-                let initial = (kind == ProbeKind::Liveness).then_some(true);
-                let mut th = Thresholds::new(&probe, initial);
-                let delay = probe.initial_delay_seconds.unwrap_or(0).max(0) as u64;
-                tokio::time::sleep(Duration::from_secs(delay)).await;
-                let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
-                // Readiness is first checked right away, then quickly until it first succeeds, so a pod becomes
-                // Ready without waiting a whole period.
-                let mut fast = kind == ProbeKind::Readiness;
-                loop {
-                    let outcome = probe::attempt(&probe, &container, &target).await;
-                    let (ok, message) = match outcome {
-                        Outcome::Success => (true, String::new()),
-                        Outcome::Failure(m) => (false, m),
-                    };
-                    if ok {
-                        fast = false;
-                    }
-                    if let Some(result) = th.record(ok) {
-                        let _ = tx.send(Msg::Probe {
-                            idx,
-                            gen,
-                            kind,
-                            ok: result,
-                            message,
-                        });
-                    }
-                    let wait = if fast {
-                        period.min(Duration::from_millis(100))
-                    } else {
-                        period
-                    };
-                    tokio::time::sleep(wait).await;
-                }
-            }));
+        let pid = proc.pid;
+        let startup = c.startup_probe.is_some();
+        if startup {
+            tasks.extend(self.probe_task(idx, ProbeKind::Startup, pid));
+        } else {
+            tasks.extend(self.probe_task(idx, ProbeKind::Readiness, pid));
+            tasks.extend(self.probe_task(idx, ProbeKind::Liveness, pid));
         }
+        let init = self.containers[idx].init;
         let rt = &mut self.containers[idx];
         rt.state = ContainerState {
             running: Some(ContainerStateRunning {
@@ -562,11 +549,77 @@ impl Worker {
             }),
             ..Default::default()
         };
-        rt.ready = c.readiness_probe.is_none();
-        rt.started = true;
+        rt.ready = !init && !startup && c.readiness_probe.is_none();
+        rt.started = !startup;
         rt.proc = Some(proc);
         rt.restart_at = None;
         rt.tasks = tasks;
+    }
+
+    /// The task running one of the container's probes, if it has that probe.
+    fn probe_task(&self, idx: usize, kind: ProbeKind, pid: i32) -> Option<JoinHandle<()>> {
+        let gen = self.containers[idx].gen;
+        let c = self.containers[idx].spec.clone();
+        let probe = match kind {
+            ProbeKind::Readiness => c.readiness_probe.clone(),
+            ProbeKind::Liveness => c.liveness_probe.clone(),
+            ProbeKind::Startup => c.startup_probe.clone(),
+        }?;
+        let pod_ip = self
+            .pod_ips
+            .first()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(self.ctx.node.ip);
+        let exec = probe.exec.as_ref().and_then(|e| {
+            self.process_spec(&c, e.command.as_deref().unwrap_or_default(), &[])
+                .ok()
+        });
+        let target = Target {
+            pod_ip,
+            netns: self.netns_path.clone(),
+            pid,
+            exec,
+        };
+        let tx = self.tx.clone();
+        Some(tokio::spawn(async move {
+            let initial = (kind == ProbeKind::Liveness).then_some(true);
+            let mut th = Thresholds::new(&probe, initial);
+            let delay = probe.initial_delay_seconds.unwrap_or(0).max(0) as u64;
+            tokio::time::sleep(Duration::from_secs(delay)).await;
+            let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+            // Readiness is first checked right away, then quickly until it first succeeds, so a pod becomes
+            // Ready without waiting a whole period.
+            let mut fast = kind == ProbeKind::Readiness;
+            loop {
+                let outcome = probe::attempt(&probe, &c, &target).await;
+                let (ok, message) = match outcome {
+                    Outcome::Success => (true, String::new()),
+                    Outcome::Failure(m) => (false, m),
+                };
+                if ok {
+                    fast = false;
+                }
+                if let Some(result) = th.record(ok) {
+                    let _ = tx.send(Msg::Probe {
+                        idx,
+                        gen,
+                        kind,
+                        ok: result,
+                        message,
+                    });
+                    // A startup probe is done once it succeeded.
+                    if kind == ProbeKind::Startup && result {
+                        return;
+                    }
+                }
+                let wait = if fast {
+                    period.min(Duration::from_millis(100))
+                } else {
+                    period
+                };
+                tokio::time::sleep(wait).await;
+            }
+        }))
     }
 
     fn restart_policy(&self) -> String {
@@ -599,6 +652,9 @@ impl Worker {
             ..Default::default()
         };
         self.after_exit(idx);
+        if self.containers[idx].init && code == 0 {
+            self.advance_init();
+        }
         self.save();
     }
 
@@ -615,9 +671,11 @@ impl Worker {
             .as_ref()
             .map(|t| t.exit_code)
             .unwrap_or(0);
+        // Init containers run to completion: only a failure restarts them (under Always or OnFailure).
         let restart = match policy.as_str() {
             "Never" => false,
             "OnFailure" => code != 0,
+            _ if rt.init => code != 0,
             _ => true,
         };
         if !restart {
@@ -681,6 +739,38 @@ impl Worker {
                 }
                 self.containers[idx].ready = ok;
             }
+            (ProbeKind::Startup, true) => {
+                let pid = self.containers[idx]
+                    .proc
+                    .as_ref()
+                    .map(|p| p.pid)
+                    .unwrap_or(0);
+                let more: Vec<JoinHandle<()>> = [ProbeKind::Readiness, ProbeKind::Liveness]
+                    .into_iter()
+                    .filter_map(|k| self.probe_task(idx, k, pid))
+                    .collect();
+                let rt = &mut self.containers[idx];
+                rt.started = true;
+                rt.ready = rt.spec.readiness_probe.is_none();
+                rt.tasks.extend(more);
+            }
+            (ProbeKind::Startup, false) => {
+                self.event(
+                    Some(&name),
+                    "Warning",
+                    "Unhealthy",
+                    format!("Startup probe failed: {message}"),
+                );
+                self.event(
+                    Some(&name),
+                    "Normal",
+                    "Killing",
+                    format!("Container {name} failed startup probe, will be restarted"),
+                );
+                if let Some(p) = &self.containers[idx].proc {
+                    kill_gracefully(p.pid, p.ticks, self.grace());
+                }
+            }
             (ProbeKind::Liveness, true) => {}
             (ProbeKind::Liveness, false) => {
                 self.event(
@@ -720,42 +810,51 @@ impl Worker {
     }
 
     fn status(&self) -> PodStatus {
-        let statuses = self
+        type Tagged = Vec<(bool, ContainerStatus)>;
+        let (init, statuses): (Tagged, Tagged) = self
             .containers
             .iter()
-            .map(|c| ContainerStatus {
-                name: c.spec.name.clone(),
-                image: c.spec.image.clone().unwrap_or_default(),
-                image_id: self
-                    .ctx
-                    .catalog
-                    .image_config(c.spec.image.as_deref().unwrap_or_default())
-                    .map(|_| {
-                        format!(
-                            "skiff-catalog://{}",
-                            crate::catalog::normalize_image(
-                                c.spec.image.as_deref().unwrap_or_default()
-                            )
-                        )
-                    })
-                    .unwrap_or_default(),
-                container_id: c.proc.as_ref().map(|p| p.container_id.clone()).or_else(|| {
-                    c.state
-                        .terminated
-                        .as_ref()
-                        .and_then(|t| t.container_id.clone())
-                }),
-                state: Some(c.state.clone()),
-                last_state: Some(c.last_state.clone().unwrap_or_default()),
-                ready: c.ready,
-                started: Some(c.proc.is_some() && c.started),
-                restart_count: c.restart_count,
-                ..Default::default()
+            .map(|c| {
+                (
+                    c.init,
+                    ContainerStatus {
+                        name: c.spec.name.clone(),
+                        image: c.spec.image.clone().unwrap_or_default(),
+                        image_id: self
+                            .ctx
+                            .catalog
+                            .image_config(c.spec.image.as_deref().unwrap_or_default())
+                            .map(|_| {
+                                format!(
+                                    "skiff-catalog://{}",
+                                    crate::catalog::normalize_image(
+                                        c.spec.image.as_deref().unwrap_or_default()
+                                    )
+                                )
+                            })
+                            .unwrap_or_default(),
+                        container_id: c.proc.as_ref().map(|p| p.container_id.clone()).or_else(
+                            || {
+                                c.state
+                                    .terminated
+                                    .as_ref()
+                                    .and_then(|t| t.container_id.clone())
+                            },
+                        ),
+                        state: Some(c.state.clone()),
+                        last_state: Some(c.last_state.clone().unwrap_or_default()),
+                        ready: c.ready,
+                        started: Some(c.proc.is_some() && c.started),
+                        restart_count: c.restart_count,
+                        ..Default::default()
+                    },
+                )
             })
-            .collect();
+            .partition(|(init, _)| *init);
         crate::status::pod_status(crate::status::StatusInput {
             spec: self.pod.spec.as_ref().unwrap_or(&Default::default()),
-            containers: statuses,
+            containers: statuses.into_iter().map(|(_, s)| s).collect(),
+            init_containers: init.into_iter().map(|(_, s)| s).collect(),
             pod_ips: self.pod_ips.clone(),
             host_ip: self.ctx.node.ip.to_string(),
             start_time: Some(self.start_time.clone()),
@@ -782,12 +881,72 @@ impl Worker {
         }
     }
 
+    /// Run the running containers' `lifecycle.preStop` hooks (concurrently, each inside its container) and
+    /// wait for them, at most until `deadline`: the grace period covers hook and SIGTERM alike, as upstream.
+    async fn run_pre_stop_hooks(&mut self, deadline: Instant) -> bool {
+        let mut hooks = Vec::new();
+        for idx in 0..self.containers.len() {
+            let c = &self.containers[idx];
+            let (Some(proc), Some(hook)) = (
+                &c.proc,
+                c.spec.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()),
+            ) else {
+                continue;
+            };
+            let spec = c.spec.clone();
+            let pod_ip = self
+                .pod_ips
+                .first()
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or(self.ctx.node.ip);
+            let exec = hook.exec.as_ref().and_then(|e| {
+                self.process_spec(&spec, e.command.as_deref().unwrap_or_default(), &[])
+                    .ok()
+            });
+            let target = Target {
+                pod_ip,
+                netns: self.netns_path.clone(),
+                pid: proc.pid,
+                exec,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            hooks.push(tokio::spawn(async move {
+                let outcome = crate::lifecycle::run_hook(&hook, &spec, &target, left).await;
+                (spec.name.clone(), hook, outcome)
+            }));
+        }
+        let any = !hooks.is_empty();
+        for hook in hooks {
+            let Ok((name, handler, outcome)) = hook.await else {
+                continue;
+            };
+            if let Err(message) = outcome {
+                let what = crate::lifecycle::describe(&handler);
+                self.event(
+                    Some(&name),
+                    "Warning",
+                    "FailedPreStopHook",
+                    format!(
+                        "{what} for Container {name:?} in Pod \"{}_{}({})\" failed - error: {message}",
+                        self.name, self.ns, self.uid
+                    ),
+                );
+            }
+        }
+        any
+    }
+
     /// SIGTERM every container, wait out the grace period (or until all exited), SIGKILL the rest.
     async fn stop_all(&mut self, grace: Duration) {
         self.terminating = true;
         for c in &mut self.containers {
             c.restart_at = None;
             c.stop_probes();
+        }
+        let mut deadline = Instant::now() + grace;
+        if self.run_pre_stop_hooks(deadline).await {
+            // As kubelet: at least 2 s for SIGTERM after the hooks used the grace period.
+            deadline = deadline.max(Instant::now() + Duration::from_secs(2));
         }
         let running: Vec<(String, i32)> = self
             .containers
@@ -803,7 +962,6 @@ impl Worker {
             );
             spawn::signal(*pid, Signal::SIGTERM);
         }
-        let deadline = Instant::now() + grace;
         while self.containers.iter().any(|c| c.proc.is_some()) {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(Msg::Exited {
@@ -875,11 +1033,19 @@ impl Worker {
                 }
             }
             if self.sandbox_ready {
-                self.adopt_or_start();
+                self.refresh_sources().await;
+                self.prepare_volumes();
+                if self.volume_error.is_none() {
+                    self.adopt_or_start();
+                }
                 self.publish().await;
             }
         }
         let mut tick = tokio::time::interval(Duration::from_secs(10));
+        // ConfigMaps and Secrets are read again this often: volumes follow their changes, and containers
+        // waiting for a missing one start once it exists (kubelet's sync loop does the same, about a minute).
+        let mut refresh = tokio::time::interval(SOURCES_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // The latest pod, whether or not a change was already seen (a deletion may have arrived while
             // the sandbox was being retried).
@@ -942,6 +1108,7 @@ impl Worker {
                 }
                 // Wakes the loop so a failed status update is retried.
                 _ = tick.tick() => {}
+                _ = refresh.tick() => self.refresh().await,
             }
             // Collect whatever else is already queued before one status update.
             while let Ok(msg) = self.rx.try_recv() {
@@ -965,60 +1132,190 @@ impl Worker {
         }
     }
 
-    /// After (re)starting the worker: containers whose recorded process still lives are adopted, the others
-    /// start.
-    fn adopt_or_start(&mut self) {
-        tracing::debug!(pod = %self.name, records = ?self.record.containers.keys().collect::<Vec<_>>(), "starting containers");
-        for idx in 0..self.containers.len() {
-            let name = self.containers[idx].spec.name.clone();
-            let record = self
-                .record
-                .containers
-                .get(&name)
-                .cloned()
-                .unwrap_or_default();
-            self.containers[idx].restart_count = record.restart_count;
-            match record.running {
-                Some(p) if spawn::alive(p.pid, p.start_ticks) => {
-                    let gen = self.containers[idx].gen + 1;
-                    self.containers[idx].gen = gen;
-                    let tx = self.tx.clone();
-                    let (pid, ticks) = (p.pid, p.start_ticks);
-                    let waiter = tokio::spawn(async move {
-                        spawn::wait_foreign(pid, ticks).await;
-                        // The exit code of a process we did not start is not ours to read.
-                        let _ = tx.send(Msg::Exited {
-                            idx,
-                            gen,
-                            code: 255,
-                            signal: None,
-                        });
-                    });
-                    tracing::info!(pod = %self.name, container = %name, pid, "adopted running container");
-                    let started_at = parse_time(&p.started_at).unwrap_or_else(now);
-                    self.running(
-                        idx,
-                        Proc {
-                            pid,
-                            ticks,
-                            started_at,
-                            container_id: p.container_id,
-                        },
-                        vec![waiter],
-                    );
+    /// Read the ConfigMaps and Secrets the pod refers to; what the API could not be asked about keeps its
+    /// last known value.
+    async fn refresh_sources(&mut self) {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let refs = crate::sources::referenced(&spec);
+        if refs.is_empty() {
+            return;
+        }
+        let fetched = {
+            let _slot = self.ctx.api_slots.acquire().await;
+            crate::sources::fetch(&self.ctx.client, &self.ns, &refs).await
+        };
+        self.sources.objects.retain(|k, _| refs.contains(k));
+        for (key, value) in fetched.objects {
+            if matches!(value, crate::sources::Fetched::Failed(_))
+                && self.sources.objects.contains_key(&key)
+            {
+                continue;
+            }
+            self.sources.objects.insert(key, value);
+        }
+    }
+
+    /// Set up (or update) the pod's volumes; a failure is reported once as kubelet's FailedMount event.
+    fn prepare_volumes(&mut self) {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        match crate::volumes::prepare(&self.dir(), &spec, &self.facts(), &self.sources) {
+            Ok(changed) => {
+                if !changed.is_empty() {
+                    tracing::debug!(pod = %self.name, ?changed, "volumes updated");
                 }
-                Some(p) => {
-                    tracing::info!(pod = %self.name, container = %name, pid = p.pid, ticks = p.start_ticks,
-                        now_ticks = ?spawn::start_ticks(p.pid), "recorded container process is gone");
-                    // It died while the agent was away: that counts as a restart.
-                    self.containers[idx].finished_at = Some(self.ctx.origin.elapsed());
-                    self.containers[idx].restart_count += 1;
-                    self.start(idx);
+                self.volume_error = None;
+            }
+            Err((volume, err)) => {
+                let message = format!("MountVolume.SetUp failed for volume {volume:?} : {err}");
+                if self.volume_error.as_ref() != Some(&message) {
+                    self.event(None, "Warning", "FailedMount", message.clone());
                 }
-                None => self.start(idx),
+                self.volume_error = Some(message);
             }
         }
+    }
+
+    /// The periodic re-read: update volumes, start what was waiting for its volumes or configuration.
+    async fn refresh(&mut self) {
+        if !self.sandbox_ready || self.terminating {
+            return;
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        if crate::sources::referenced(&spec).is_empty() && self.volume_error.is_none() {
+            return;
+        }
+        let waited = self.volume_error.is_some();
+        self.refresh_sources().await;
+        self.prepare_volumes();
+        if self.volume_error.is_some() {
+            return;
+        }
+        if waited {
+            self.adopt_or_start();
+            return;
+        }
+        for idx in 0..self.containers.len() {
+            let c = &self.containers[idx];
+            let config_error = c.state.waiting.as_ref().and_then(|w| w.reason.as_deref())
+                == Some("CreateContainerConfigError");
+            if c.proc.is_none() && c.restart_at.is_none() && config_error {
+                self.start(idx);
+            }
+        }
+    }
+
+    /// After (re)starting the worker: the init containers' turn first (see `advance_init`), then the app
+    /// containers; those whose recorded process still lives are adopted, the others start.
+    fn adopt_or_start(&mut self) {
+        tracing::debug!(pod = %self.name, records = ?self.record.containers.keys().collect::<Vec<_>>(), "starting containers");
+        self.advance_init();
         self.save();
+    }
+
+    fn init_count(&self) -> usize {
+        self.containers.iter().filter(|c| c.init).count()
+    }
+
+    /// The first init container that has not completed successfully.
+    fn next_init(&self) -> Option<usize> {
+        (0..self.init_count()).find(|&i| {
+            self.containers[i]
+                .state
+                .terminated
+                .as_ref()
+                .is_none_or(|t| t.exit_code != 0)
+        })
+    }
+
+    /// Start the next init container that is due, or the app containers once every init container has
+    /// completed. Init containers that completed before an agent restart are not run again.
+    fn advance_init(&mut self) {
+        loop {
+            let Some(idx) = self.next_init() else {
+                for idx in self.init_count()..self.containers.len() {
+                    let rt = &self.containers[idx];
+                    if rt.gen == 0 && rt.proc.is_none() && rt.restart_at.is_none() {
+                        self.adopt_or_start_one(idx);
+                    }
+                }
+                return;
+            };
+            let rt = &self.containers[idx];
+            // Running, waiting out a back-off, or failed for good (restartPolicy Never).
+            if rt.proc.is_some() || rt.restart_at.is_some() || rt.state.terminated.is_some() {
+                return;
+            }
+            let completed = rt.gen == 0
+                && self
+                    .record
+                    .containers
+                    .get(&rt.spec.name)
+                    .is_some_and(|r| r.completed);
+            if completed {
+                let rt = &mut self.containers[idx];
+                rt.state = ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 0,
+                        reason: Some("Completed".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                continue;
+            }
+            self.adopt_or_start_one(idx);
+            return;
+        }
+    }
+
+    fn adopt_or_start_one(&mut self, idx: usize) {
+        let name = self.containers[idx].spec.name.clone();
+        let record = self
+            .record
+            .containers
+            .get(&name)
+            .cloned()
+            .unwrap_or_default();
+        self.containers[idx].restart_count = record.restart_count;
+        match record.running {
+            Some(p) if spawn::alive(p.pid, p.start_ticks) => {
+                let gen = self.containers[idx].gen + 1;
+                self.containers[idx].gen = gen;
+                let tx = self.tx.clone();
+                let (pid, ticks) = (p.pid, p.start_ticks);
+                let waiter = tokio::spawn(async move {
+                    spawn::wait_foreign(pid, ticks).await;
+                    // The exit code of a process we did not start is not ours to read.
+                    let _ = tx.send(Msg::Exited {
+                        idx,
+                        gen,
+                        code: 255,
+                        signal: None,
+                    });
+                });
+                tracing::info!(pod = %self.name, container = %name, pid, "adopted running container");
+                let started_at = parse_time(&p.started_at).unwrap_or_else(now);
+                self.running(
+                    idx,
+                    Proc {
+                        pid,
+                        ticks,
+                        started_at,
+                        container_id: p.container_id,
+                    },
+                    vec![waiter],
+                );
+            }
+            Some(p) => {
+                tracing::info!(pod = %self.name, container = %name, pid = p.pid, ticks = p.start_ticks,
+                    now_ticks = ?spawn::start_ticks(p.pid), "recorded container process is gone");
+                // It died while the agent was away: that counts as a restart.
+                self.containers[idx].finished_at = Some(self.ctx.origin.elapsed());
+                self.containers[idx].restart_count += 1;
+                self.start(idx);
+            }
+            None => self.start(idx),
+        }
     }
 
     async fn teardown(&mut self) {
@@ -1029,6 +1326,9 @@ impl Worker {
         teardown_record(&self.ctx, &self.record).await;
     }
 }
+
+/// How often a pod's ConfigMaps and Secrets are read again.
+const SOURCES_REFRESH: Duration = Duration::from_secs(5);
 
 fn humantime(d: Duration) -> String {
     let s = d.as_secs();
@@ -1101,6 +1401,7 @@ pub(crate) async fn teardown_record(ctx: &Ctx, record: &PodRecord) {
         }
     }
     let dir = state::pod_dir(&ctx.options.data_dir, &record.uid);
+    crate::volumes::remove_mount_points(&dir);
     if let Err(err) = std::fs::remove_dir_all(&dir) {
         if err.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(dir = %dir.display(), %err, "removing pod directory");
@@ -1136,14 +1437,27 @@ pub(crate) fn spawn_worker(
         .and_then(parse_time)
         .or_else(|| pod.status.as_ref().and_then(|s| s.start_time.clone()))
         .unwrap_or_else(now);
+    let has_init = spec.init_containers.as_ref().is_some_and(|i| !i.is_empty());
     let containers = spec
-        .containers
+        .init_containers
         .iter()
-        .map(|c| ContainerRt {
+        .flatten()
+        .map(|c| (true, c))
+        .chain(spec.containers.iter().map(|c| (false, c)))
+        .map(|(init, c)| ContainerRt {
             spec: c.clone(),
+            init,
             gen: 0,
             proc: None,
-            state: waiting("ContainerCreating", None),
+            // Containers waiting for init containers say so, as kubelet's do.
+            state: waiting(
+                if has_init {
+                    "PodInitializing"
+                } else {
+                    "ContainerCreating"
+                },
+                None,
+            ),
             last_state: None,
             restart_count: 0,
             ready: false,
@@ -1174,6 +1488,8 @@ pub(crate) fn spawn_worker(
         published,
         start_time,
         terminating: false,
+        sources: Default::default(),
+        volume_error: None,
     };
     tokio::spawn(worker.run(updates))
 }

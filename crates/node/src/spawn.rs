@@ -29,6 +29,17 @@ pub struct SpawnSpec {
     pub hosts: Option<PathBuf>,
     /// stdout and stderr go here (appended); None: discarded.
     pub log: Option<PathBuf>,
+    /// The pod's volumes, bind-mounted in the container's mount namespace (after resolv.conf and hosts).
+    pub mounts: Vec<crate::volumes::Mount>,
+    /// `securityContext.runAsUser` / `runAsGroup` / `supplementalGroups`: switched to right before exec.
+    pub user: Option<User>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -51,9 +62,6 @@ pub fn command(spec: &SpawnSpec) -> io::Result<tokio::process::Command> {
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().cloned());
-    if let Some(dir) = &spec.working_dir {
-        cmd.current_dir(dir);
-    }
     cmd.stdin(Stdio::null());
     match &spec.log {
         Some(path) => {
@@ -85,7 +93,7 @@ pub fn command(spec: &SpawnSpec) -> io::Result<tokio::process::Command> {
     }
     let joining = spec.join_pid.is_some();
     let hostname = spec.hostname.clone().filter(|_| !joining);
-    let binds: Vec<(CString, CString)> = if joining {
+    let mut binds: Vec<(CString, CString, bool)> = if joining {
         Vec::new()
     } else {
         [
@@ -94,9 +102,21 @@ pub fn command(spec: &SpawnSpec) -> io::Result<tokio::process::Command> {
         ]
         .into_iter()
         .filter_map(|(src, dst)| src.as_ref().map(|s| (s.clone(), dst)))
-        .map(|(src, dst)| Ok((cpath(&src)?, cpath(Path::new(dst))?)))
+        .map(|(src, dst)| Ok((cpath(&src)?, cpath(Path::new(dst))?, false)))
         .collect::<io::Result<_>>()?
     };
+    if !joining {
+        for m in &spec.mounts {
+            binds.push((cpath(&m.source)?, cpath(&m.target)?, m.read_only));
+        }
+    }
+    let user = spec.user.clone();
+    // chdir after the mounts, so a working directory inside a volume is the volume's.
+    let working_dir = spec.working_dir.as_deref().map(cpath).transpose()?;
+    let groups: Vec<libc::gid_t> = user
+        .as_ref()
+        .map(|u| u.groups.iter().map(|g| *g as libc::gid_t).collect())
+        .unwrap_or_default();
     let root = CString::new("/").unwrap_or_default();
     let new_mount_ns = !binds.is_empty();
     // SAFETY: the closure only makes system calls on data prepared above (no allocation, no locks).
@@ -134,16 +154,34 @@ pub fn command(spec: &SpawnSpec) -> io::Result<tokio::process::Command> {
                         libc::MS_REC | libc::MS_PRIVATE,
                         std::ptr::null(),
                     ))?;
-                    for (src, dst) in &binds {
+                    for (src, dst, read_only) in &binds {
                         last_err(libc::mount(
                             src.as_ptr(),
                             dst.as_ptr(),
                             std::ptr::null(),
-                            libc::MS_BIND,
+                            libc::MS_BIND | libc::MS_REC,
                             std::ptr::null(),
                         ))?;
+                        if *read_only {
+                            last_err(libc::mount(
+                                std::ptr::null(),
+                                dst.as_ptr(),
+                                std::ptr::null(),
+                                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                                std::ptr::null(),
+                            ))?;
+                        }
                     }
                 }
+            }
+            if let Some(dir) = &working_dir {
+                last_err(libc::chdir(dir.as_ptr()))?;
+            }
+            if let Some(u) = &user {
+                // Groups first: once the uid is no longer 0 they cannot be changed.
+                last_err(libc::setgroups(groups.len(), groups.as_ptr()))?;
+                last_err(libc::setgid(u.gid as libc::gid_t))?;
+                last_err(libc::setuid(u.uid as libc::uid_t))?;
             }
             last_err(libc::setsid())?;
             Ok(())

@@ -18,6 +18,9 @@ pub struct ProcRecord {
 pub struct ContainerRecord {
     pub restart_count: i32,
     pub running: Option<ProcRecord>,
+    /// An init container that completed successfully (not run again after an agent restart).
+    #[serde(default)]
+    pub completed: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -95,6 +98,7 @@ mod tests {
             "c".into(),
             ContainerRecord {
                 restart_count: 2,
+                completed: false,
                 running: Some(ProcRecord {
                     pid: 42,
                     start_ticks: 7,

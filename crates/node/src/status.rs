@@ -45,6 +45,48 @@ pub fn pod_phase(restart_policy: &str, statuses: &[ContainerStatus]) -> &'static
     "Pending"
 }
 
+/// How far the init containers are (kubelet's `getPhase` counts): (pending, failed).
+pub fn init_progress(init: &[ContainerStatus]) -> (usize, usize) {
+    let (mut pending, mut failed) = (0, 0);
+    for status in init {
+        let state = status.state.as_ref();
+        if state.and_then(|s| s.running.as_ref()).is_some() {
+            pending += 1;
+        } else if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+            if t.exit_code != 0 {
+                failed += 1;
+            }
+        } else if let Some(t) = status
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+        {
+            if t.exit_code != 0 {
+                failed += 1;
+            } else {
+                pending += 1;
+            }
+        } else {
+            pending += 1;
+        }
+    }
+    (pending, failed)
+}
+
+/// Whether every init container has completed successfully (the `Initialized` condition), and the names
+/// of those that have not.
+pub fn incomplete_init(init: &[ContainerStatus]) -> Vec<&str> {
+    init.iter()
+        .filter(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_none_or(|t| t.exit_code != 0)
+        })
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
 /// Kubernetes QoS class of the pod (shown by kubectl describe).
 pub fn qos_class(spec: &PodSpec) -> &'static str {
     let mut any = false;
@@ -75,6 +117,8 @@ pub struct StatusInput<'a> {
     pub spec: &'a PodSpec,
     /// In spec order.
     pub containers: Vec<ContainerStatus>,
+    /// The init containers' statuses, in spec order (empty without init containers).
+    pub init_containers: Vec<ContainerStatus>,
     pub pod_ips: Vec<String>,
     pub host_ip: String,
     pub start_time: Option<Time>,
@@ -112,7 +156,15 @@ fn condition(
 
 pub fn pod_status(input: StatusInput<'_>) -> PodStatus {
     let restart_policy = input.spec.restart_policy.as_deref().unwrap_or("Always");
-    let phase = pod_phase(restart_policy, &input.containers);
+    let (init_pending, init_failed) = init_progress(&input.init_containers);
+    let incomplete = incomplete_init(&input.init_containers);
+    let phase = if init_failed > 0 && restart_policy == "Never" {
+        "Failed"
+    } else if init_pending > 0 || init_failed > 0 {
+        "Pending"
+    } else {
+        pod_phase(restart_policy, &input.containers)
+    };
     let unready: Vec<&str> = input
         .containers
         .iter()
@@ -143,7 +195,17 @@ pub fn pod_status(input: StatusInput<'_>) -> PodStatus {
             prev,
             now,
         ),
-        condition("Initialized", true, None, None, prev, now),
+        condition(
+            "Initialized",
+            incomplete.is_empty(),
+            Some("ContainersNotInitialized"),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
+            prev,
+            now,
+        ),
         condition(
             "Ready",
             all_ready,
@@ -179,6 +241,8 @@ pub fn pod_status(input: StatusInput<'_>) -> PodStatus {
         }),
         start_time: input.start_time,
         container_statuses: Some(input.containers),
+        init_container_statuses: (!input.init_containers.is_empty())
+            .then_some(input.init_containers),
         qos_class: Some(qos_class(input.spec).to_string()),
         ..Default::default()
     }
@@ -246,6 +310,59 @@ mod tests {
         }
     }
 
+    fn with_init(policy: &str, init: Vec<ContainerStatus>) -> PodStatus {
+        let spec = PodSpec {
+            restart_policy: Some(policy.into()),
+            ..Default::default()
+        };
+        pod_status(StatusInput {
+            spec: &spec,
+            init_containers: init,
+            containers: vec![waiting("app", "PodInitializing", false)],
+            pod_ips: vec![],
+            host_ip: "172.30.0.2".into(),
+            start_time: None,
+            sandbox_ready: true,
+            previous: None,
+            now: t(1),
+        })
+    }
+
+    fn initialized(s: &PodStatus) -> (String, Option<String>, Option<String>) {
+        let c = s
+            .conditions
+            .as_ref()
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Initialized"))
+            .expect("Initialized condition");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn init_containers_gate_the_phase_and_initialized() {
+        let running_init = with_init("Always", vec![terminated("a", 0), running("b", false)]);
+        assert_eq!(running_init.phase.as_deref(), Some("Pending"));
+        assert_eq!(
+            initialized(&running_init),
+            (
+                "False".to_string(),
+                Some("ContainersNotInitialized".to_string()),
+                Some("containers with incomplete status: [b]".to_string())
+            )
+        );
+        assert_eq!(
+            running_init.init_container_statuses.as_ref().map(Vec::len),
+            Some(2)
+        );
+        let crash = with_init("Always", vec![waiting("a", "CrashLoopBackOff", true)]);
+        assert_eq!(crash.phase.as_deref(), Some("Pending"));
+        let failed = with_init("Never", vec![terminated("a", 3)]);
+        assert_eq!(failed.phase.as_deref(), Some("Failed"));
+        let done = with_init("Always", vec![terminated("a", 0)]);
+        assert_eq!(initialized(&done).0, "True");
+        // All init containers done, the app container still waiting: Pending until it runs.
+        assert_eq!(done.phase.as_deref(), Some("Pending"));
+    }
+
     #[test]
     fn phases() {
         assert_eq!(
@@ -298,6 +415,7 @@ mod tests {
         };
         let status = pod_status(StatusInput {
             spec: &spec,
+            init_containers: Vec::new(),
             containers: vec![running("a", false), running("b", false)],
             pod_ips: vec!["10.244.1.5".into()],
             host_ip: "172.30.0.2".into(),
@@ -320,6 +438,7 @@ mod tests {
         // Becoming ready moves the Ready transition time, not the others.
         let next = pod_status(StatusInput {
             spec: &spec,
+            init_containers: Vec::new(),
             containers: vec![running("a", true), running("b", true)],
             pod_ips: vec!["10.244.1.5".into()],
             host_ip: "172.30.0.2".into(),
@@ -339,6 +458,7 @@ mod tests {
         );
         let done = pod_status(StatusInput {
             spec: &spec,
+            init_containers: Vec::new(),
             containers: vec![terminated("a", 0)],
             pod_ips: vec![],
             host_ip: "172.30.0.2".into(),

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use skiff_testkit::{eventually_async, Netns};
 
+#[path = "kernel/podspec.rs"]
+mod podspec;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("demoapp") {
@@ -34,6 +37,7 @@ fn main() {
             .expect("runtime");
         let _ = rt.block_on(skiff_node::demoapp::run(
             (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+            Duration::from_secs(2),
         ));
         return;
     }
@@ -292,6 +296,8 @@ async fn scenario() {
         "the agent must keep the user's conflist"
     );
     println!("node registered");
+
+    podspec::scenario(&client, &data_dir, &mut guard.0).await;
 
     // A service that exists before the pod: its variables reach the pod's environment.
     let services: Api<Service> = Api::namespaced(client.clone(), "default");

@@ -255,7 +255,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             skiff_dns::run(client, args.dns).await?;
         }
         Command::Demoapp(opts) => {
-            skiff_node::demoapp::run(opts.listen()).await?;
+            skiff_node::demoapp::run(
+                opts.listen(),
+                std::time::Duration::from_secs_f64(opts.shutdown_delay.max(0.0)),
+            )
+            .await?;
         }
         Command::Cni => unreachable!("handled before the runtime starts"),
     }

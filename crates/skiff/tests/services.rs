@@ -847,13 +847,11 @@ spec:
     metadata:
       labels: {app: web}
     spec:
-      # A well-behaved server keeps serving for a while after SIGTERM (upstream's advice, often a preStop
-      # sleep): the demo server started with SIGTERM ignored, killed after the grace period.
-      terminationGracePeriodSeconds: 2
+      # The demo server drains on SIGTERM: it keeps serving while the proxies drop the terminating
+      # endpoint, then finishes the requests in flight and exits.
       containers:
       - name: demoapp
-        image: busybox
-        command: ["sh", "-c", "trap '' TERM; exec SKIFF_BIN demoapp"]
+        image: ikubernetes/demoapp:v1.0
         ports:
         - {name: http, containerPort: 80}
         readinessProbe:
@@ -876,7 +874,7 @@ spec:
 fn rolling_update_drops_no_request() {
     let c = TestCluster::new(2);
     up(&c, &["--dns-replicas", "0"]);
-    apply(&c, &ROLLING.replace("SKIFF_BIN", SKIFF));
+    apply(&c, ROLLING);
     wait_endpoints(&c, "web", 3, Duration::from_secs(20));
     let old_pods = pods(&c, "app=web");
     let url = format!("http://{}/", cluster_ip(&c, "web"));

@@ -19,6 +19,7 @@ use write::*;
 
 use crate::alloc::{held_by, Allocators};
 use crate::discovery;
+use crate::openapi;
 use crate::registry::{self, Resource, Sub};
 use crate::reservations::{AllocError, ServiceAllocator};
 use crate::status::{ApiError, ApiResult};
@@ -305,12 +306,23 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return err_resp(&e),
     };
     if path == "/openapi/v3" || path == "/openapi/v3/" {
-        return json_resp(200, &discovery::openapi_root());
+        return json_resp(200, &openapi::v3_root());
     }
     if let Some(p) = path.strip_prefix("/openapi/v3/") {
-        return match discovery::openapi_group_version(p) {
+        return match openapi::v3_group_version(p) {
             Some(d) => json_resp(200, &d),
             None => err_resp(&ApiError::path_not_found()),
+        };
+    }
+    if path == "/openapi/v2" || path == "/openapi/v2/" {
+        return if openapi::wants_v2_protobuf(header(&parts.headers, "accept")) {
+            respond(
+                200,
+                openapi::V2_PROTOBUF_CONTENT_TYPE,
+                openapi::v2_protobuf().to_vec(),
+            )
+        } else {
+            json_resp(200, openapi::v2())
         };
     }
     match route(&path, &parts.headers, &ctx) {

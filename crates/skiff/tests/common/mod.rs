@@ -144,6 +144,24 @@ impl TestCluster {
             .expect("running kubectl")
     }
 
+    /// `kubectl --kubeconfig <cluster> args...` with `input` on its stdin (`apply -f -` of a manifest).
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
     /// A command inside node `i`'s network namespace.
     pub fn in_node(&self, i: u32, cmd: &[&str]) -> Output {
         in_netns(&self.node_netns(i), cmd)
