@@ -46,6 +46,15 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// The node-network octet of the next cluster this process starts (see [`TestCluster::new`]).
+fn next_octet() -> u8 {
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // One seed per process, so that this process's clusters differ from each other.
+    let seed = std::process::id().wrapping_mul(2654435761) % 250;
+    ((seed + n.wrapping_mul(53)) % 250) as u8 + 1
+}
+
 impl TestCluster {
     pub fn new(nodes: u32) -> TestCluster {
         let u = unique();
@@ -54,9 +63,10 @@ impl TestCluster {
             name: format!("e2e-{:06x}", u & 0xff_ffff),
             data_dir: tmp.path().join("data"),
             nodes,
-            // 172.31.<octet>.0/24 and matching pod/service ranges: distinct from the default cluster's and,
-            // with high probability, from concurrently running tests'.
-            octet: (u % 250) as u8 + 1,
+            // 172.31.<octet>.0/24 and matching pod/service ranges: distinct from the default cluster's, and
+            // from the other clusters of this test binary (which run concurrently): a per-process counter
+            // steps the octet by 53, so neither the octet nor the pod/service ranges (octet mod 50) repeat.
+            octet: next_octet(),
             api_port: free_port(),
             service_cidr: None,
             _tmp: tmp,
