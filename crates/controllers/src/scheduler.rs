@@ -24,38 +24,9 @@ use crate::informer::Key;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
-/// Parses a resource quantity into milli-units (cpu "250m" → 250, memory "64Mi" → 64·2^20·1000).
-pub fn parse_quantity_milli(q: &str) -> Option<i128> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let value: f64 = num.parse().ok()?;
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with('e') || s.starts_with('E') => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some((value * multiplier * 1000.0).round() as i128)
-}
-
 fn quantity(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<i128> {
     map.and_then(|m| m.get(name))
-        .and_then(|q| parse_quantity_milli(&q.0))
+        .and_then(|q| skiff_runtime::quantity::parse_milli(&q.0))
 }
 
 /// What a pod asks for: (cpu milli-cores, memory milli-bytes), upstream's effective request
@@ -537,16 +508,6 @@ mod tests {
         });
         merge(&mut v, extra);
         serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn quantities_parse() {
-        assert_eq!(parse_quantity_milli("250m"), Some(250));
-        assert_eq!(parse_quantity_milli("2"), Some(2000));
-        assert_eq!(parse_quantity_milli("64Mi"), Some(64 * 1024 * 1024 * 1000));
-        assert_eq!(parse_quantity_milli("1G"), Some(1_000_000_000_000));
-        assert_eq!(parse_quantity_milli("1e3"), Some(1_000_000));
-        assert_eq!(parse_quantity_milli("x"), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod defaults;
 pub mod gate;
+pub mod quantity;
 pub mod sync;
 
 use std::path::Path;
