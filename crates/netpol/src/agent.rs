@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use skiff_runtime::gate::PodStartGate;
@@ -434,30 +433,10 @@ where
     D: Fn(&mut State, K),
     L: Fn(&mut State, Vec<K>),
 {
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut buffer: Vec<K> = Vec::new();
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(Event::Init) => buffer.clear(),
-            Ok(Event::InitApply(o)) => buffer.push(o),
-            Ok(Event::InitDone) => {
-                on_list(&mut state.lock(), std::mem::take(&mut buffer));
-                synced.0.store(true, Ordering::SeqCst);
-                synced.1.notify_waiters();
-                trigger.request();
-            }
-            Ok(Event::Apply(o)) => {
-                apply(&mut state.lock(), o);
-                trigger.request();
-            }
-            Ok(Event::Delete(o)) => {
-                delete(&mut state.lock(), o);
-                trigger.request();
-            }
-            Err(e) => tracing::warn!(kind = what, error = %e, "watch error; retrying"),
-        }
-    }
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    skiff_runtime::watch::feed_state(
+        stream, what, &state, &trigger, &synced, apply, delete, on_list,
+    )
+    .await;
     Err(Error::WatchEnded(what))
 }

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -155,29 +154,11 @@ where
     D: Fn(&mut State, K),
     L: Fn(&mut State, Vec<K>),
 {
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut buffer: Vec<K> = Vec::new();
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(Event::Init) => buffer.clear(),
-            Ok(Event::InitApply(o)) => buffer.push(o),
-            Ok(Event::InitDone) => {
-                on_list(&mut state.lock(), std::mem::take(&mut buffer));
-                synced.0.store(true, Ordering::SeqCst);
-                synced.1.notify_waiters();
-                trigger.request();
-            }
-            Ok(Event::Apply(o)) => {
-                apply(&mut state.lock(), o);
-                trigger.request();
-            }
-            Ok(Event::Delete(o)) => {
-                delete(&mut state.lock(), o);
-                trigger.request();
-            }
-            Err(e) => tracing::warn!(kind = what, error = %e, "watch error; retrying"),
-        }
-    }
+    let stream = watcher(api, config).default_backoff();
+    skiff_runtime::watch::feed_state(
+        stream, what, &state, &trigger, &synced, apply, delete, on_list,
+    )
+    .await;
     Error::WatchEnded(what)
 }
 

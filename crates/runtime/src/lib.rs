@@ -8,6 +8,7 @@ pub mod defaults;
 pub mod gate;
 pub mod quantity;
 pub mod sync;
+pub mod watch;
 
 use std::path::Path;
 
