@@ -49,6 +49,8 @@ pub enum Error {
     },
     #[error("DNS server stopped unexpectedly")]
     Stopped,
+    #[error("installing the SIGTERM handler: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 /// Command-line options of `skiff dns` (the binary adds `--kubeconfig`).
@@ -74,6 +76,10 @@ pub struct Options {
     /// Address serving Prometheus /metrics (and /health, /ready).
     #[arg(long, default_value = "0.0.0.0:9153")]
     pub metrics_addr: SocketAddr,
+    /// Seconds to go on answering after SIGTERM (CoreDNS's `health { lameduck 5s }`): clients keep
+    /// reaching a terminating replica until every node's proxy has dropped its endpoint.
+    #[arg(long, default_value_t = 5.0)]
+    pub lameduck: f64,
 }
 
 impl Options {
@@ -86,6 +92,7 @@ impl Options {
             upstream: Vec::new(),
             resolv_conf: "/etc/resolv.conf".to_string(),
             metrics_addr,
+            lameduck: 5.0,
         }
     }
 
@@ -184,10 +191,24 @@ pub async fn serve_snapshot(initial: Snapshot, options: &Options) -> Result<Runn
 }
 
 /// Serve cluster DNS from the API (`client`) until the listeners fail.
+/// Serve until SIGTERM or SIGINT, then answer on for `--lameduck` seconds and return.
 pub async fn run(client: kube::Client, options: Options) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
     let running = start(client, &options).await?;
-    let _ = running.handle.await;
-    Err(Error::Stopped)
+    let mut handle = running.handle;
+    tokio::select! {
+        _ = &mut handle => return Err(Error::Stopped),
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let lameduck = std::time::Duration::from_secs_f64(options.lameduck.max(0.0));
+    tracing::info!(?lameduck, "stopping: answering on while endpoints drain");
+    tokio::select! {
+        _ = handle => Err(Error::Stopped),
+        _ = tokio::time::sleep(lameduck) => Ok(()),
+    }
 }
 
 /// Bind, start watching, and return (for tests that need the bound address).
