@@ -371,24 +371,33 @@ async fn named_target_ports_differ_per_pod_and_headless_hostnames() {
         .as_ref()
         .unwrap()
         .contains_key("service.kubernetes.io/headless")));
+    // The legacy Endpoints are written by their own controller, which may lag the slices.
     let api: Api<Endpoints> = Api::namespaced(c.client.clone(), "default");
-    let ep = api.get("web").await.unwrap();
-    let mut subsets: Vec<(i32, String)> = ep
-        .subsets
-        .unwrap()
-        .into_iter()
-        .map(|s| {
-            (
-                s.ports.unwrap()[0].port,
-                s.addresses.unwrap()[0].hostname.clone().unwrap(),
-            )
-        })
-        .collect();
-    subsets.sort();
-    assert_eq!(
-        subsets,
-        vec![(8080, "web-0".to_string()), (9090, "web-1".to_string())]
-    );
+    let want = vec![(8080, "web-0".to_string()), (9090, "web-1".to_string())];
+    eventually("Endpoints subsets per port", WAIT, || async {
+        let ep = api.get("web").await.map_err(|e| e.to_string())?;
+        let mut subsets: Vec<(i32, String)> = ep
+            .subsets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.ports.unwrap_or_default()[0].port,
+                    s.addresses.unwrap_or_default()[0]
+                        .hostname
+                        .clone()
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        subsets.sort();
+        if subsets == want {
+            Ok(())
+        } else {
+            Err(format!("{subsets:?}"))
+        }
+    })
+    .await;
 
     // Deleting a pod removes its endpoint.
     pods.delete("web-1", &DeleteParams::default())

@@ -186,7 +186,21 @@ pub async fn scenario(client: &kube::Client, data_dir: &Path, guard: &mut Vec<St
     // The volumes live in the pod's mount namespace only: the node sees empty mount points.
     assert!(cfg.is_dir(), "mount point created on the node");
     assert_eq!(std::fs::read_dir(&cfg).unwrap().count(), 0);
-    let p = pods.get("spec").await.unwrap();
+    // The app's log can be read before the agent has written the pod's status.
+    let p = wait_for(
+        "init container terminated",
+        Duration::from_secs(10),
+        async || {
+            let p = pods.get("spec").await.ok()?;
+            init_status(&p, "prepare")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?;
+            Some(p)
+        },
+    )
+    .await;
     let init = init_status(&p, "prepare").expect("init container status");
     let t = init
         .state
