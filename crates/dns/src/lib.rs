@@ -190,18 +190,15 @@ pub async fn serve_snapshot(initial: Snapshot, options: &Options) -> Result<Runn
     })
 }
 
-/// Serve cluster DNS from the API (`client`) until the listeners fail.
-/// Serve until SIGTERM or SIGINT, then answer on for `--lameduck` seconds and return.
+/// Serve cluster DNS from the API (`client`) until SIGTERM or SIGINT, then answer on for `--lameduck`
+/// seconds and return; an error if the listeners fail first.
 pub async fn run(client: kube::Client, options: Options) -> Result<(), Error> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    let stop = skiff_runtime::signal::terminated().map_err(Error::Signal)?;
     let running = start(client, &options).await?;
     let mut handle = running.handle;
     tokio::select! {
         _ = &mut handle => return Err(Error::Stopped),
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = stop => {}
     }
     let lameduck = std::time::Duration::from_secs_f64(options.lameduck.max(0.0));
     tracing::info!(?lameduck, "stopping: answering on while endpoints drain");

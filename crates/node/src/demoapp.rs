@@ -106,15 +106,7 @@ pub async fn run(listen: SocketAddr, shutdown_delay: std::time::Duration) -> std
         }
         Err(e) => return Err(e),
     };
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
+    let stop = skiff_runtime::signal::terminated()?;
     serve_until(listener, stop, shutdown_delay).await
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod defaults;
 pub mod gate;
 pub mod quantity;
+pub mod signal;
 pub mod sync;
 pub mod watch;
 
